@@ -1,0 +1,40 @@
+"""Stages 1-2 of the pipeline: records, prompts, splits, the tokenized dataset and batches.
+
+The book's names (`format_input`, `InstructionDataset`, `custom_collate_fn`) work as in
+chapter 7; the rest adds validation, more prompt styles, prompt masking, packing and
+length-aware batching. The built-in demo dataset lives in `instructkit.data.builtin`.
+"""
+
+from instructkit.data.collate import Batch, InstructionCollator, custom_collate_fn
+from instructkit.data.dataset import Example, InstructionDataset
+from instructkit.data.prompts import STYLE_NAMES, PromptStyle, format_input, get_style
+from instructkit.data.records import load_instructions, parse_fields
+from instructkit.data.sampling import (
+    LengthGroupedSampler,
+    PackedBatchSampler,
+    RandomBatchSampler,
+    build_loader,
+    pack_lengths,
+)
+from instructkit.data.splits import split_book, split_shuffled
+
+__all__ = [
+    "Batch",
+    "Example",
+    "InstructionCollator",
+    "InstructionDataset",
+    "LengthGroupedSampler",
+    "PackedBatchSampler",
+    "PromptStyle",
+    "RandomBatchSampler",
+    "STYLE_NAMES",
+    "build_loader",
+    "custom_collate_fn",
+    "format_input",
+    "get_style",
+    "load_instructions",
+    "pack_lengths",
+    "parse_fields",
+    "split_book",
+    "split_shuffled",
+]

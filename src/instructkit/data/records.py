@@ -1,0 +1,207 @@
+"""Stage 1: read instruction records from JSON, JSONL or CSV and validate them all at once.
+
+Every record comes out as a dict with string `instruction`, `input` ("" when missing or
+null) and `output`, plus whatever extra keys it had (they flow through to responses).
+A field mapping renames source columns (`{"instruction": "prompt"}`). Validation collects
+every problem before raising, each naming the file, the record (index for a JSON list,
+line for JSONL and CSV), the field and the reason, so a user fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from instructkit.errors import DataError, UserError
+
+FIELDS = ("instruction", "input", "output")
+REQUIRED = ("instruction", "output")
+JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+
+
+def parse_fields(spec: str | None) -> dict[str, str] | None:
+    """Parse `--fields instruction=prompt,output=completion` into {canonical: source}."""
+    if not spec:
+        return None
+    mapping: dict[str, str] = {}
+    problems = []
+    for part in spec.split(","):
+        name, sep, source = part.partition("=")
+        name, source = name.strip(), source.strip()
+        if not sep or not name or not source:
+            problems.append(f"--fields: {part.strip()!r} is not NAME=COLUMN")
+        else:
+            mapping[name] = source
+    if problems:
+        raise UserError(problems)
+    check_fields(mapping)
+    return mapping
+
+
+def check_fields(fields: dict[str, str]) -> None:
+    unknown = [name for name in fields if name not in FIELDS]
+    if unknown:
+        raise UserError(
+            [
+                f"--fields: unknown field {name!r} (known fields: {', '.join(FIELDS)})"
+                for name in unknown
+            ]
+        )
+
+
+def load_instructions(path: str | Path, fields: dict[str, str] | None = None) -> list[dict]:
+    """Read and validate a JSON list, JSONL or CSV file; raise DataError with every problem."""
+    path = Path(path)
+    fields = dict(fields or {})
+    check_fields(fields)
+    text = _read_text(path)
+    if not text.strip():
+        raise DataError(f"{path}: empty file; expected a JSON list, JSONL or CSV of records")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        raw, problems = _read_csv(path, text, fields)
+    elif suffix in JSONL_SUFFIXES:
+        raw, problems = _read_jsonl(path, text)
+    elif suffix == ".json" or text.lstrip().startswith("["):
+        raw, problems = _read_json_list(path, text)
+    else:
+        raw, problems = _read_jsonl(path, text)
+    records = []
+    for where, item in raw:
+        record, record_problems = _normalize(item, fields)
+        problems.extend(f"{path}: {where}{detail}" for detail in record_problems)
+        records.append(record)
+    if problems:
+        raise DataError(problems)
+    if not records:
+        raise DataError(f"{path}: no records")
+    return records
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a records file") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+            f"{error.start}); save the file as UTF-8"
+        ) from None
+
+
+def _read_json_list(path: Path, text: str) -> tuple[list, list[str]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        hint = " (several JSON values: is it JSON Lines? name it .jsonl)" if (
+            error.msg == "Extra data"
+        ) else ""
+        raise DataError(
+            f"{path}: line {error.lineno}, column {error.colno}: invalid JSON: {error.msg}{hint}"
+        ) from None
+    if not isinstance(data, list):
+        raise DataError(
+            f"{path}: top level is {_kind(data)}, expected a JSON list of records "
+            "(objects with instruction, input, output)"
+        )
+    return [(f"record index {index}", item) for index, item in enumerate(data)], []
+
+
+def _read_jsonl(path: Path, text: str) -> tuple[list, list[str]]:
+    raw, problems = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw.append((f"line {number}", json.loads(line)))
+        except json.JSONDecodeError as error:
+            problems.append(
+                f"{path}: line {number}, column {error.colno}: invalid JSON: {error.msg}"
+            )
+    return raw, problems
+
+
+def _read_csv(path: Path, text: str, fields: dict[str, str]) -> tuple[list, list[str]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except csv.Error as error:
+        raise DataError(f"{path}: line 1: invalid CSV header ({error})") from None
+    missing = [
+        f"{path}: CSV header has no column {fields.get(name, name)!r}"
+        + (f" (mapped to {name})" if name in fields else "")
+        + f"; columns are: {', '.join(header)}"
+        for name in REQUIRED
+        if fields.get(name, name) not in header
+    ]
+    if missing:
+        raise DataError(missing)
+    raw, problems = [], []
+    line = reader.line_num + 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            problems.append(f"{path}: line {line}: invalid CSV ({error})")
+            break
+        if any(cell.strip() for cell in row):
+            if len(row) != len(header):
+                problems.append(
+                    f"{path}: line {line}: has {len(row)} cells, the header has {len(header)}"
+                )
+            else:
+                raw.append((f"line {line}", dict(zip(header, row))))
+        line = reader.line_num + 1
+    return raw, problems
+
+
+def _normalize(item, fields: dict[str, str]) -> tuple[dict, list[str]]:
+    """One record in canonical form, and its problems as `, field 'x': reason` suffixes."""
+    if not isinstance(item, dict):
+        return {}, [f": is {_kind(item)}, expected an object with instruction, input, output"]
+    sources = {name: fields.get(name, name) for name in FIELDS}
+    record: dict = {}
+    problems = []
+    for name, source in sources.items():
+        label = f"field {source!r}" + (f" (mapped to {name})" if source != name else "")
+        value = item.get(source)
+        if name == "input" and value is None:
+            value = ""
+        elif value is None:
+            reason = "missing" if source not in item else "is null"
+            problems.append(f", {label}: {reason}; every record needs a non-empty {name}")
+            continue
+        if not isinstance(value, str):
+            problems.append(f", {label}: is {_kind(value)}, expected a string")
+            continue
+        if name in REQUIRED and not value.strip():
+            problems.append(f", {label}: is empty; every record needs a non-empty {name}")
+        record[name] = value
+    record.update((key, value) for key, value in item.items() if key not in sources.values())
+    return record, problems
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "null" if value is None else type(value).__name__
