@@ -1,0 +1,254 @@
+"""Run configuration as typed dataclasses; YAML only serialises them.
+
+`FinetuneConfig` holds everything needed to rerun a fine-tune: the data, the model,
+the batching and the optimisation. Its defaults are the book's chapter 7 choices
+(AdamW lr 5e-5, weight decay 0.1, batch 8, 2 epochs, alpaca prompts, the book's
+85/10/5 split, no warmup, constant learning rate, no gradient clipping). Every value
+is checked in `__post_init__`, so a bad YAML file or flag fails before any work starts,
+with all its problems listed at once. The resolved config is saved as
+`runs/NAME/config.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from instructkit.errors import UserError
+
+SPLITS = ("book", "shuffled")
+LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class FinetuneConfig:
+    """One fine-tuning run. Field docstrings double as `instructkit finetune --help` text."""
+
+    data: str = ""
+    """Instruction file (JSON list, JSONL or CSV) with instruction/input/output records."""
+    out: str = ""
+    """Run directory; gets config.yaml, metrics.jsonl, loss.png, checkpoints/ and model/."""
+    model: str = "gpt2-medium"
+    """Model to start from: preset/hub id, local HF dir, run dir, book .pth, or random:PRESET."""
+    tokenizer: str | None = None
+    """Tokenizer spec overriding the model's own (required for random:PRESET)."""
+    style: str = "alpaca"
+    """Prompt style."""
+    split: str = "book"
+    """How to split the records: 'book' (first 85% train, 10% test, 5% val) or 'shuffled' (seeded)."""
+
+    epochs: int = 2
+    """Passes over the training split."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides epochs when smaller)."""
+    batch_size: int = 8
+    """Records per micro-batch, per process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; the loss is the mean over all their target tokens."""
+    lr: float = 5e-5
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.1
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warmup steps from 0 to lr."""
+    lr_schedule: str = "constant"
+    """After warmup: 'constant' or 'cosine' decay to min_lr_ratio * lr."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate of the cosine schedule, as a fraction of lr."""
+    grad_clip: float | None = None
+    """Clip the gradient norm to this value (the book's appendix D uses 1.0); off when unset."""
+
+    allowed_max_length: int | None = 1024
+    """Truncate examples to this many tokens (capped at the model's context length)."""
+    mask_prompt: bool = False
+    """Train only on response tokens (prompt targets become -100)."""
+    pack: bool = False
+    """Pack several examples into each row, attention kept inside each example."""
+    group_by_length: bool = False
+    """Batch examples of similar length together to cut padding."""
+
+    eval_every: int = 5
+    """Evaluate the validation loss every N optimizer steps (0: only at the end)."""
+    eval_batches: int = 5
+    """Validation batches per evaluation (the book's eval_iter)."""
+    log_every: int = 1
+    """Write a metrics.jsonl line every N optimizer steps."""
+    save_every: int = 100
+    """Write a resumable checkpoint every N optimizer steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """How many of the latest checkpoints to keep."""
+    seed: int = 123
+    """Seed for model init (random:PRESET), data order and dropout."""
+
+    lora_rank: int = 0
+    """LoRA rank; 0 trains all weights."""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator (the update is scaled by alpha / rank)."""
+
+    device: str = "auto"
+    """'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
+    precision: str = "auto"
+    """'auto' (bf16 autocast on CUDA, fp32 elsewhere), 'fp32', or 'bf16' (CUDA only)."""
+    compile: bool = False
+    """Compile the model with torch.compile."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+
+    def __post_init__(self) -> None:
+        problems = []
+
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                problems.append(message)
+
+        check(bool(self.data), "data: no instruction file given (use --data FILE)")
+        check(bool(self.out), "out: no run directory given (use --out DIR)")
+        check(bool(self.model), "model: no model given (use --model SPEC)")
+        check(self.split in SPLITS, f"split: {self.split!r} is not one of {', '.join(SPLITS)}")
+        check(self.epochs >= 1, f"epochs: must be at least 1, got {self.epochs}")
+        check(
+            self.max_steps is None or self.max_steps >= 1,
+            f"max_steps: must be at least 1, got {self.max_steps}",
+        )
+        check(self.batch_size >= 1, f"batch_size: must be at least 1, got {self.batch_size}")
+        check(self.grad_accum >= 1, f"grad_accum: must be at least 1, got {self.grad_accum}")
+        check(self.lr > 0, f"lr: must be positive, got {self.lr}")
+        check(self.weight_decay >= 0, f"weight_decay: must be >= 0, got {self.weight_decay}")
+        check(self.warmup_steps >= 0, f"warmup_steps: must be >= 0, got {self.warmup_steps}")
+        check(
+            self.lr_schedule in LR_SCHEDULES,
+            f"lr_schedule: {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}",
+        )
+        check(
+            0 <= self.min_lr_ratio <= 1,
+            f"min_lr_ratio: must be between 0 and 1, got {self.min_lr_ratio}",
+        )
+        check(
+            self.grad_clip is None or self.grad_clip > 0,
+            f"grad_clip: must be positive, got {self.grad_clip}",
+        )
+        check(
+            self.allowed_max_length is None or self.allowed_max_length >= 2,
+            f"allowed_max_length: must be at least 2, got {self.allowed_max_length}",
+        )
+        check(self.eval_every >= 0, f"eval_every: must be >= 0, got {self.eval_every}")
+        check(self.eval_batches >= 1, f"eval_batches: must be at least 1, got {self.eval_batches}")
+        check(self.log_every >= 1, f"log_every: must be at least 1, got {self.log_every}")
+        check(self.save_every >= 0, f"save_every: must be >= 0, got {self.save_every}")
+        check(
+            self.keep_checkpoints >= 1,
+            f"keep_checkpoints: must be at least 1, got {self.keep_checkpoints}",
+        )
+        check(self.lora_rank >= 0, f"lora_rank: must be >= 0, got {self.lora_rank}")
+        check(self.lora_alpha > 0, f"lora_alpha: must be positive, got {self.lora_alpha}")
+        check(
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+            f"device: {self.device!r} is not auto, cpu, cuda, cuda:N or mps",
+        )
+        check(
+            self.precision in PRECISIONS,
+            f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}",
+        )
+        check(self.num_workers >= 0, f"num_workers: must be >= 0, got {self.num_workers}")
+        if problems:
+            raise UserError(problems)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a config dataclass, read from its source (for --help)."""
+    import ast
+    import inspect
+    import itertools
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    helps = {}
+    for node, following in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            helps[node.target.id] = following.value.value
+    return helps
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> FinetuneConfig:
+    """Build a FinetuneConfig, naming unknown keys and wrong types instead of failing on them."""
+    known = {f.name: f for f in fields(FinetuneConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UserError([f"{source}: unknown setting {key!r}" for key in unknown])
+    problems = []
+    for key, value in values.items():
+        expected = known[key].type
+        if not _type_ok(value, str(expected)):
+            problems.append(f"{source}: {key} should be {expected}, got {value!r}")
+    if problems:
+        raise UserError(problems)
+    try:
+        return FinetuneConfig(**values)
+    except UserError as error:
+        raise UserError([f"{source}: {problem}" for problem in error.problems]) from None
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    """Check a YAML value against a field annotation written as a string ('int | None')."""
+    allowed = {part.strip() for part in annotation.split("|")}
+    if value is None:
+        return "None" in allowed
+    if isinstance(value, bool):
+        return "bool" in allowed
+    if isinstance(value, int):
+        return bool(allowed & {"int", "float"})
+    if isinstance(value, float):
+        return "float" in allowed
+    if isinstance(value, str):
+        return "str" in allowed
+    return False
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config file into a plain dict (validated later, once merged with flags)."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(
+            f"{path}: expected a mapping of setting: value, got {type(values).__name__}"
+        )
+    return values
+
+
+def save_config(config: FinetuneConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
