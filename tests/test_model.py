@@ -124,7 +124,10 @@ def test_packed_batch_equals_padded_batch():
     for reduction in ("mean", "sum"):
         padded_loss = model.loss(padded, padded_targets, reduction=reduction)
         packed_loss = model.loss(
-            packed, packed_targets, position_ids=positions, segment_ids=segments,
+            packed,
+            packed_targets,
+            position_ids=positions,
+            segment_ids=segments,
             reduction=reduction,
         )
         torch.testing.assert_close(packed_loss, padded_loss, atol=1e-5, rtol=1e-5)
@@ -188,7 +191,9 @@ def test_kv_cache_with_left_padding_equals_unpadded_rows():
     step = model(next_ids, position_ids=positions[:, -1:] + 1, kv_cache=cache)
     for row, (tokens, nxt) in enumerate(zip([short, long], next_ids)):
         alone = model(torch.cat([tokens, nxt])[None])
-        torch.testing.assert_close(prefill[row, -len(tokens):], alone[0, :-1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            prefill[row, -len(tokens) :], alone[0, :-1], atol=1e-5, rtol=1e-5
+        )
         torch.testing.assert_close(step[row, 0], alone[0, -1], atol=1e-5, rtol=1e-5)
 
 

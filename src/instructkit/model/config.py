@@ -60,9 +60,7 @@ class GPTConfig:
     def preset(cls, name: str, **overrides: object) -> GPTConfig:
         """A copy of the preset `name` with any fields replaced by `overrides`."""
         if name not in PRESETS:
-            raise ModelError(
-                f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}"
-            )
+            raise ModelError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
         fields = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - fields)
         if unknown:

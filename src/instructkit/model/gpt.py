@@ -10,6 +10,7 @@ The model knows nothing of files or the hub (that is `checkpoints.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -208,6 +209,15 @@ class GPTModel(nn.Module):
             nn.init.normal_(block.attn.c_proj.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.mlp.c_proj.weight, mean=0.0, std=residual_std)
 
+    def set_dropout(self, rate: float) -> None:
+        """Change the dropout rate in place: it is a training choice, not part of the weights."""
+        self.config = dataclasses.replace(self.config, drop_rate=rate)
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = rate
+            elif isinstance(module, CausalSelfAttention):
+                module.drop_rate = rate
+
     def num_parameters(self) -> int:
         """Parameter count, shared (tied) tensors counted once."""
         return sum(p.numel() for p in self.parameters())
@@ -226,7 +236,7 @@ class GPTModel(nn.Module):
         kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Final LayerNorm output (B, T, C): what the output head reads."""
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         past = kv_cache.length if kv_cache is not None else 0
         if position_ids is None:
             if past + T > self.config.context_length:
