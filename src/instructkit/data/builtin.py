@@ -1,0 +1,453 @@
+"""The built-in instruction dataset the offline demo trains on.
+
+No dataset can be downloaded on an offline machine, so the demo needs data that code
+can make: small tasks whose answers are exact and checkable (reverse letters, sort
+numbers, plural forms, ...), each phrased several ways, about a third of them with the
+`input` field, in the Alpaca schema plus a `family` key naming the task. The tasks are
+sized so that a GPT of a few million parameters can learn them from scratch in minutes.
+
+Held-out records test generalisation, not recall: every family draws its items (the
+word, number set, word list, misspelling ...) from a domain whose items are split once
+into train, test and val pools, so a test or val item never occurs in training under
+any phrasing or family. Spelling is the one family that needs vocabulary: its held-out
+items are new misspellings of words whose other misspellings are in training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from instructkit.errors import UserError
+
+# Records per family come in the book's 85/10/5 proportions, so the written file,
+# which lists train, then test, then val, splits back the same way with `split_book`.
+TRAIN_PER_FAMILY, TEST_PER_FAMILY, VAL_PER_FAMILY = 102, 12, 6
+INPUT_FRACTION = 1 / 3
+
+# Short common words (3-5 letters): reversed and capitalised letter by letter, counted
+# and picked from lists.
+WORDS = """
+cat dog sun hat box cup pen bed red map car bus fox egg ant owl pig cow hen bat rat jar
+jam key kit lid log mud net nut oak pan pot rug sea sky toy van web yak zip arm leg ear
+eye lip toe fan fig ham ice ink job joy kid lab mat mix mop nap oil pie pin pod ram rim
+row rod sad sip tab tag tap tin top tub wig wax win yes zoo
+ball bell bird boat bone book cake card coat corn desk door drum duck fish flag frog gate
+gift girl goat gold hand harp hill home horn iron jump kite lamp leaf lion milk moon nest
+note park pear pink pond rain ring road rock rose salt sand seed ship shoe sock star tent
+tree vase wall wave wind wolf yard bear blue cold dark farm fire fork glow jazz king lake
+mask nose oven palm quiz rope soap tail town wing
+apple beach bread brick chair chalk cloud clock crown dance eagle fence field flame glass
+grape grass heart horse house juice knife lemon light mango melon money mouse night ocean
+onion paint paper peach piano pilot plant plate queen quilt river robot salad sheep shelf
+smile snake spoon storm sugar table tiger toast tooth train truck water whale wheel world
+zebra
+""".split()
+
+# Regular nouns, grouped by the plural rule they follow (see `plural`).
+NOUNS = """
+cat dog hat cup pen bed map car egg pig cow hen rat jar key lid log net pan pot rug toy
+van fan pin bell bird boat bone book cake card coat drum duck flag frog gate gift girl
+goat hand hill kite lamp lion nest note pear pond ring road rock rose seed ship shoe sock
+star tent tree vase wall wave apple chair cloud clock crown eagle fence field flame grape
+heart horse house lemon melon onion plate river robot snake spoon table tiger train truck
+whale wheel zebra day boy tray monkey donkey valley chimney turkey
+box fox bus glass dress class kiss cross bench beach coach couch inch lunch match patch
+peach watch witch church torch brush dish wish bush flash ditch sketch branch ranch pouch
+sandwich wrench splash
+city baby lady party story puppy berry cherry penny pony body copy fly spy army candy
+daisy diary duty enemy family hobby jelly lily ruby study library factory country bunny
+pantry battery bakery memory lorry poppy
+""".split()
+
+# Regular verbs that do not double their last consonant (see `past_tense`).
+VERBS = """
+walk jump play talk help look open paint pull push rain kick pick pack cook clean climb
+count fill fix mix end start want wash wish work yell learn listen laugh melt park print
+rest roll sail shout sort spell turn visit wait watch float burn call check crawl dream
+enjoy stay obey pray spray delay destroy annoy employ guard hunt lift mark need order
+plant point pour reach remain repeat return touch treat trust fetch answer enter offer
+bake smile dance close like love move hope live joke race share skate smoke taste wave
+bounce chase decide arrive believe care change compare escape hate invite measure name
+notice place prepare promise rescue score serve slice sneeze squeeze tickle trace use
+wipe whistle agree tie
+cry try carry study hurry marry copy worry reply fry dry bury apply tidy empty envy pity
+deny rely supply spy multiply identify satisfy terrify vary occupy
+""".split()
+
+# Words whose misspellings the spelling family corrects.
+SPELLING_WORDS = """
+friend people school answer garden letter pencil summer winter yellow orange purple doctor
+flower mother father sister little animal basket bottle button candle castle dinner forest
+island jacket kitten ladder
+""".split()
+
+ONES = "zero one two three four five six seven eight nine".split()
+TEENS = "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+# Instruction phrasings. A record puts its item after "PHRASE: " in the instruction, or
+# uses the phrase alone as the instruction and the item as `input`.
+PHRASES = {
+    "reverse": (
+        "Reverse the order of these letters",
+        "Write these letters backwards",
+        "List these letters in reverse order",
+    ),
+    "uppercase": (
+        "Write these letters in upper case",
+        "Convert these letters to capital letters",
+        "Change each of these letters to a capital",
+    ),
+    "sort": (
+        "Sort these numbers from smallest to largest",
+        "Put these numbers in ascending order",
+        "Arrange these numbers in increasing order",
+    ),
+    "largest": (
+        "Which number is the largest",
+        "Give the biggest number in this list",
+        "Pick the highest number",
+    ),
+    "smallest": (
+        "Which number is the smallest",
+        "Give the lowest number in this list",
+        "Pick the smallest number",
+    ),
+    "count": (
+        "How many words are in this list",
+        "Count the words in this list",
+        "Give the number of words in this list",
+    ),
+    "first": (
+        "What is the first word in this list",
+        "Give the first word of this list",
+        "Name the word that comes first in this list",
+    ),
+    "last": (
+        "What is the last word in this list",
+        "Give the last word of this list",
+        "Name the word that comes last in this list",
+    ),
+    "plural": (
+        "Give the plural form of this noun",
+        "Write the plural of this word",
+        "What is the plural of this noun",
+    ),
+    "past_tense": (
+        "Give the past tense of this verb",
+        "Write this verb in the past tense",
+        "What is the past tense of this verb",
+    ),
+    "spelling": (
+        "Correct the spelling of this word",
+        "Fix the misspelled word",
+        "Write this word with the correct spelling",
+    ),
+    "add": (
+        "Add these two numbers",
+        "What is the sum of these numbers",
+        "Calculate the total of these numbers",
+    ),
+    "number_words": (
+        "Write this number in words",
+        "Spell out this number",
+        "How is this number written in words",
+    ),
+}
+
+
+def plural(noun: str) -> str:
+    """The regular English plural: -es after s/x/z/ch/sh, -ies after consonant + y."""
+    if noun.endswith(("s", "x", "z", "ch", "sh")):
+        return noun + "es"
+    if noun.endswith("y") and noun[-2] not in "aeiou":
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def past_tense(verb: str) -> str:
+    """The regular past tense, for verbs that do not double their last consonant."""
+    if verb.endswith("e"):
+        return verb + "d"
+    if verb.endswith("y") and verb[-2] not in "aeiou":
+        return verb[:-1] + "ied"
+    return verb + "ed"
+
+
+def number_words(n: int) -> str:
+    """0-99 in English words, hyphenated like forty-seven."""
+    if n < 10:
+        return ONES[n]
+    if n < 20:
+        return TEENS[n - 10]
+    tens, ones = divmod(n, 10)
+    return TENS[tens] if ones == 0 else f"{TENS[tens]}-{ONES[ones]}"
+
+
+def misspellings(word: str) -> list[str]:
+    """One-edit typos that keep the first letter: swapped neighbours, a dropped or doubled letter."""
+    typos = []
+    for i in range(1, len(word) - 1):
+        if word[i] != word[i + 1]:
+            typos.append(word[:i] + word[i + 1] + word[i] + word[i + 2 :])
+    for i in range(1, len(word)):
+        typos.append(word[:i] + word[i + 1 :])
+        typos.append(word[:i] + word[i] + word[i:])
+    return list(dict.fromkeys(typos))
+
+
+# Domains: each yields the canonical keys of its items; the keys are split once into
+# pools, so families sharing a domain never train on another family's held-out item.
+
+
+def _number_sets(rng: random.Random) -> list[str]:
+    keys: dict[str, None] = {}
+    while len(keys) < 2000:
+        numbers = sorted(rng.sample(range(1, 21), rng.randint(3, 5)))
+        keys[",".join(map(str, numbers))] = None
+    return list(keys)
+
+
+def _word_lists(rng: random.Random) -> list[str]:
+    keys: dict[str, None] = {}
+    while len(keys) < 2000:
+        keys[",".join(sorted(rng.sample(WORDS, rng.randint(2, 6))))] = None
+    return list(keys)
+
+
+def _typos(rng: random.Random) -> list[str]:
+    real = set(WORDS) | set(NOUNS) | set(VERBS) | set(SPELLING_WORDS)
+    sources: dict[str, list[str]] = {}
+    for word in SPELLING_WORDS:
+        for typo in misspellings(word):
+            sources.setdefault(typo, []).append(word)
+    return [typo for typo, words in sources.items() if len(words) == 1 and typo not in real]
+
+
+def _pairs(rng: random.Random) -> list[str]:
+    return [f"{a},{b}" for a in range(1, 20) for b in range(a, 20)]
+
+
+DOMAINS: dict[str, Callable[[random.Random], list[str]]] = {
+    "word": lambda rng: list(WORDS),
+    "numbers": _number_sets,
+    "word_list": _word_lists,
+    "noun": lambda rng: list(NOUNS),
+    "verb": lambda rng: list(VERBS),
+    "typo": _typos,
+    "pair": _pairs,
+    "number": lambda rng: [str(n) for n in range(100)],
+}
+
+LEXICAL = ("word", "noun", "verb")  # domains whose keys are plain words
+
+_TYPO_SOURCE = {typo: word for word in SPELLING_WORDS for typo in misspellings(word)}
+
+
+# Families render a key as (phrase, item text, answer); the rng picks the phrasing and
+# the order in which a set is shown.
+
+
+def _spaced(word: str) -> str:
+    return " ".join(word)
+
+
+def _shown(key: str, rng: random.Random) -> list[str]:
+    items = key.split(",")
+    rng.shuffle(items)
+    return items
+
+
+def _reverse(key: str, rng: random.Random) -> tuple[str, str, str]:
+    return rng.choice(PHRASES["reverse"]), _spaced(key), _spaced(key[::-1])
+
+
+def _uppercase(key: str, rng: random.Random) -> tuple[str, str, str]:
+    return rng.choice(PHRASES["uppercase"]), _spaced(key), _spaced(key.upper())
+
+
+def _sort(key: str, rng: random.Random) -> tuple[str, str, str]:
+    return rng.choice(PHRASES["sort"]), ", ".join(_shown(key, rng)), key.replace(",", ", ")
+
+
+def _extreme(key: str, rng: random.Random) -> tuple[str, str, str]:
+    which = rng.choice(["largest", "smallest"])
+    numbers = [int(n) for n in key.split(",")]
+    answer = max(numbers) if which == "largest" else min(numbers)
+    return rng.choice(PHRASES[which]), ", ".join(_shown(key, rng)), str(answer)
+
+
+def _count(key: str, rng: random.Random) -> tuple[str, str, str]:
+    words = _shown(key, rng)
+    return rng.choice(PHRASES["count"]), ", ".join(words), str(len(words))
+
+
+def _pick(key: str, rng: random.Random) -> tuple[str, str, str]:
+    which = rng.choice(["first", "last"])
+    words = _shown(key, rng)
+    return rng.choice(PHRASES[which]), ", ".join(words), words[0 if which == "first" else -1]
+
+
+def _plural(key: str, rng: random.Random) -> tuple[str, str, str]:
+    return rng.choice(PHRASES["plural"]), key, plural(key)
+
+
+def _past_tense(key: str, rng: random.Random) -> tuple[str, str, str]:
+    return rng.choice(PHRASES["past_tense"]), key, past_tense(key)
+
+
+def _spelling(key: str, rng: random.Random) -> tuple[str, str, str]:
+    return rng.choice(PHRASES["spelling"]), key, _TYPO_SOURCE[key]
+
+
+def _add(key: str, rng: random.Random) -> tuple[str, str, str]:
+    a, b = _shown(key, rng)
+    return rng.choice(PHRASES["add"]), f"{a} and {b}", str(int(a) + int(b))
+
+
+def _number_words(key: str, rng: random.Random) -> tuple[str, str, str]:
+    return rng.choice(PHRASES["number_words"]), key, number_words(int(key))
+
+
+@dataclass(frozen=True)
+class Family:
+    """A task: the domain its items come from and how it renders one."""
+
+    name: str
+    domain: str
+    render: Callable[[str, random.Random], tuple[str, str, str]]
+    # Groups a train key by the answer it teaches, so training covers every group.
+    stratum: Callable[[str], str] = lambda key: ""
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("reverse", "word", _reverse),
+    Family("uppercase", "word", _uppercase),
+    Family("sort", "numbers", _sort),
+    Family("largest_smallest", "numbers", _extreme),
+    Family("count", "word_list", _count),
+    Family("first_last", "word_list", _pick),
+    Family("plural", "noun", _plural),
+    Family("past_tense", "verb", _past_tense),
+    Family("spelling", "typo", _spelling, stratum=_TYPO_SOURCE.__getitem__),
+    Family("add", "pair", _add),
+    Family("number_words", "number", _number_words),
+)
+FAMILY_NAMES = tuple(family.name for family in FAMILIES)
+
+
+def canonical_item(family: str, item: str) -> str:
+    """The domain key of an item as shown in a record, e.g. 'c a t' -> 'word:cat'."""
+    domain = next(f.domain for f in FAMILIES if f.name == family)
+    if domain == "word":
+        key = item.replace(" ", "").lower()
+    elif domain in ("numbers", "pair"):
+        key = ",".join(str(n) for n in sorted(int(n) for n in item.replace(" and ", ",").split(",")))
+    elif domain == "word_list":
+        key = ",".join(sorted(word.strip() for word in item.split(",")))
+    else:
+        key = item.strip()
+    return f"{domain}:{key}"
+
+
+def underlying_item(record: dict) -> str:
+    """The domain key of a built-in record's item, to check splits share no item."""
+    item = record["input"] or record["instruction"].rsplit(": ", 1)[1]
+    return canonical_item(record["family"], item)
+
+
+def _pools(domain: str, seed: int, n_families: int) -> tuple[list[str], list[str], list[str]]:
+    """Split a domain's keys once into (train, test, val) pools, sized for its families."""
+    rng = random.Random(f"{seed}:domain:{domain}")
+    keys = DOMAINS[domain](rng)
+    rng.shuffle(keys)
+    n_test = min(TEST_PER_FAMILY * n_families, len(keys) // 8)
+    n_val = min(VAL_PER_FAMILY * n_families, len(keys) // 16)
+    assert n_test >= TEST_PER_FAMILY and n_val >= VAL_PER_FAMILY, domain
+    return keys[n_test + n_val :], keys[:n_test], keys[n_test : n_test + n_val]
+
+
+def _train_keys(family: Family, pool: list[str], rng: random.Random) -> list[str]:
+    """TRAIN_PER_FAMILY keys, distinct while the pool lasts, taken round-robin over strata."""
+    strata: dict[str, list[str]] = {}
+    for key in rng.sample(pool, len(pool)):
+        strata.setdefault(family.stratum(key), []).append(key)
+    groups = list(strata.values())
+    order = [group[i] for i in range(max(map(len, groups))) for group in groups if i < len(group)]
+    return [order[i % len(order)] for i in range(TRAIN_PER_FAMILY)]
+
+
+def _record(family: Family, key: str, rng: random.Random) -> dict:
+    phrase, item, output = family.render(key, rng)
+    if rng.random() < INPUT_FRACTION:
+        instruction, input_text = phrase + ("?" if phrase.startswith(("What", "Which", "How")) else "."), item
+    else:
+        instruction, input_text = f"{phrase}: {item}", ""
+    return {"instruction": instruction, "input": input_text, "output": output, "family": family.name}
+
+
+def builtin_splits(seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, test, val) records, the same for the same seed; test and val items never train."""
+    users: dict[str, int] = {}
+    for family in FAMILIES:
+        users[family.domain] = users.get(family.domain, 0) + 1
+    pools = {domain: _pools(domain, seed, n) for domain, n in users.items()}
+    # A word held out as a noun or verb must not train as letters to reverse, and so on.
+    held_out = {key for d in LEXICAL for key in pools[d][1] + pools[d][2]}
+    for domain in LEXICAL:
+        train_pool, test_pool, val_pool = pools[domain]
+        pools[domain] = [k for k in train_pool if k not in held_out], test_pool, val_pool
+    train, test, val = [], [], []
+    for family in FAMILIES:
+        rng = random.Random(f"{seed}:family:{family.name}")
+        train_pool, test_pool, val_pool = pools[family.domain]
+        for key in _train_keys(family, train_pool, rng):
+            train.append(_record(family, key, rng))
+        for key in rng.sample(test_pool, TEST_PER_FAMILY):
+            test.append(_record(family, key, rng))
+        for key in rng.sample(val_pool, VAL_PER_FAMILY):
+            val.append(_record(family, key, rng))
+    order = random.Random(f"{seed}:order")
+    for split in (train, test, val):
+        order.shuffle(split)
+    return train, test, val
+
+
+def builtin_records(seed: int = 0) -> list[dict]:
+    """All records as written to a file: train, then test, then val (the book's 85/10/5)."""
+    train, test, val = builtin_splits(seed)
+    return train + test + val
+
+
+def write_builtin(path: Path, seed: int = 0) -> int:
+    """Write the records as a JSON list, atomically; returns how many were written."""
+    path = Path(path)
+    records = builtin_records(seed)
+    try:
+        _write_atomic(path, json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+    except OSError as error:
+        raise UserError(
+            f"cannot write the built-in dataset to {path}: {error.strerror or error}"
+        ) from None
+    return len(records)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write to a temp file beside `path`, then rename over it: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
