@@ -1,0 +1,337 @@
+"""LLM-as-judge over the Ollama and OpenAI-compatible HTTP APIs, as in section 7.8 of the book.
+
+Each record's formatted input, reference output and model response go into the book's
+prompt; the judge answers with an integer from 0 to 100. Ollama gets the book's
+deterministic options (seed 123, temperature 0, num_ctx 2048) and streams its reply as
+newline-delimited JSON; OpenAI-compatible servers get temperature 0 and seed 123.
+
+Failures are sorted by what can fix them:
+- connection errors, timeouts, 5xx and 429 are retried with bounded exponential backoff;
+- a server still unreachable after the retries aborts the run (`JudgeUnreachable`,
+  naming the URL), as does 401/403/404 (`JudgeRejected`: wrong key or model name),
+  since every other record would fail the same way;
+- a timeout or 5xx that outlasts the retries, another 4xx, or a malformed answer is
+  recorded for that record (`error`), and that record is asked again on the next run;
+- a reply without a score in range is kept (`reply`) with `score` null: the judge did
+  answer, so the record counts as finished.
+Records are judged by a thread pool (`concurrency` requests at once) sharing one
+`httpx.Client`; results come back to the caller's thread, which saves them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+import httpx
+
+from instructkit.errors import UserError
+
+BACKENDS = ("ollama", "openai")
+DEFAULT_URLS = {"ollama": "http://localhost:11434", "openai": "https://api.openai.com"}
+OLLAMA_OPTIONS = {"seed": 123, "temperature": 0, "num_ctx": 2048}
+HISTOGRAM_BINS = 10
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])")
+
+
+class JudgeUnreachable(UserError):
+    """The judge server could not be reached even after retrying."""
+
+
+class JudgeRejected(UserError):
+    """The judge server refused the requests (authentication or unknown model)."""
+
+
+class JudgeRequestError(Exception):
+    """One request failed in a way that is recorded for its record and retried next run."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff: `retries` extra attempts, waiting backoff * 2**k, at most max_backoff."""
+
+    retries: int = 3
+    backoff: float = 0.5
+    max_backoff: float = 8.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_backoff, self.backoff * 2**attempt)
+
+
+@dataclass
+class Judgement:
+    """The outcome for one record: a score, the raw reply, or the error that prevented one."""
+
+    score: int | None
+    reply: str | None
+    error: str | None
+
+    @property
+    def finished(self) -> bool:
+        """The judge answered (even without a usable score), so asking again would not help."""
+        return self.reply is not None
+
+
+def judge_prompt(record: dict, response_key: str = "model_response") -> str:
+    """The book's judge prompt for one record."""
+    from instructkit.data import format_input
+
+    return (
+        f"Given the input `{format_input(record)}` "
+        f"and correct output `{record['output']}`, "
+        f"score the model response `{record[response_key]}`"
+        f" on a scale from 0 to 100, where 100 is the best score. "
+        f"Respond with the integer number only."
+    )
+
+
+def parse_score(reply: str) -> int | None:
+    """The first number in the reply that is an integer from 0 to 100, or None.
+
+    "85", "Score: 85/100" and "I would rate it 85." all give 85; "8.5", "-3" and "150"
+    are skipped, so "I'd say 150... no, 90" gives 90.
+    """
+    for match in _NUMBER.finditer(reply):
+        token = match.group()
+        if "." in token or token.startswith("-"):
+            continue
+        value = int(token)
+        if 0 <= value <= 100:
+            return value
+    return None
+
+
+def parse_judge_spec(spec: str) -> tuple[str, str]:
+    """"ollama:llama3" -> ("ollama", "llama3"); the model name may itself contain colons."""
+    backend, sep, model = spec.partition(":")
+    if not sep or backend not in BACKENDS or not model:
+        raise UserError(
+            f"--judge {spec!r} is not BACKEND:MODEL with BACKEND one of {', '.join(BACKENDS)} "
+            "(for example ollama:llama3 or openai:gpt-4o-mini)"
+        )
+    return backend, model
+
+
+class JudgeClient:
+    """Asks one judge model for scores over HTTP, with retries; safe to share between threads."""
+
+    def __init__(
+        self,
+        backend: str,
+        model: str,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        retry: RetryPolicy = RetryPolicy(),
+    ):
+        if backend not in BACKENDS:
+            raise UserError(f"unknown judge backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        if timeout <= 0:
+            raise UserError(f"--timeout must be positive, got {timeout}")
+        self.backend = backend
+        self.model = model
+        self.url = (url or DEFAULT_URLS[backend]).rstrip("/")
+        self.timeout = timeout
+        self.retry = retry
+        self.stop = threading.Event()
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(timeout=timeout, headers=headers)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.backend}:{self.model}"
+
+    @property
+    def endpoint(self) -> str:
+        if self.backend == "ollama":
+            return f"{self.url}/api/chat"
+        base = self.url if self.url.endswith("/v1") else f"{self.url}/v1"
+        return f"{base}/chat/completions"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> JudgeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ask(self, prompt: str) -> str:
+        """The judge's reply text, retrying transient failures.
+
+        Raises JudgeUnreachable, JudgeRejected (abort the run) or JudgeRequestError (record it).
+        """
+        attempts = self.retry.retries + 1
+        for attempt in range(attempts):
+            if self.stop.is_set():
+                raise JudgeRequestError("cancelled")
+            try:
+                return self._ask_once(prompt)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+                failure: Exception = JudgeUnreachable(
+                    f"cannot reach the judge at {self.url} ({type(error).__name__}: {error}); "
+                    "is the server running? (--url sets its address)"
+                )
+            except httpx.TimeoutException:
+                failure = JudgeRequestError(
+                    f"timed out after {self.timeout:g}s ({attempts} attempts) at {self.endpoint}"
+                )
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as error:
+                failure = JudgeRequestError(f"connection broken: {type(error).__name__}: {error}")
+            except _Retryable as error:
+                failure = JudgeRequestError(str(error))
+            if attempt + 1 < attempts and not self.stop.wait(self.retry.delay(attempt)):
+                continue
+            raise failure
+        raise AssertionError("unreachable")
+
+    def _ask_once(self, prompt: str) -> str:
+        messages = [{"role": "user", "content": prompt}]
+        if self.backend == "ollama":
+            payload = {"model": self.model, "messages": messages, "options": OLLAMA_OPTIONS}
+        else:
+            payload = {"model": self.model, "messages": messages, "temperature": 0, "seed": 123}
+        deadline = time.monotonic() + self.timeout
+        with self._client.stream("POST", self.endpoint, json=payload) as response:
+            if response.status_code >= 400:
+                self._raise_for_status(response)
+            if self.backend == "ollama":
+                return _read_ollama_stream(response, deadline)
+            response.read()
+            return _read_openai_reply(response)
+
+    def _raise_for_status(self, response: httpx.Response) -> None:
+        body = response.read().decode("utf-8", "replace").strip()[:300]
+        status = f"HTTP {response.status_code} {response.reason_phrase}".strip()
+        message = f"{status} from {self.endpoint}: {body}"
+        if response.status_code >= 500 or response.status_code == 429:
+            raise _Retryable(message)
+        if response.status_code in (401, 403, 404):
+            raise JudgeRejected(f"the judge at {self.url} refused {self.spec}: {message}")
+        raise JudgeRequestError(message)
+
+
+class _Retryable(Exception):
+    """A 5xx or 429 answer: worth asking again after a pause."""
+
+
+def _read_ollama_stream(response: httpx.Response, deadline: float) -> str:
+    """Concatenate message.content over Ollama's NDJSON stream (one object when not streaming)."""
+    pieces = []
+    for line in response.iter_lines():
+        if time.monotonic() > deadline:
+            raise httpx.ReadTimeout("the reply took longer than the timeout")
+        if not line.strip():
+            continue
+        try:
+            part = json.loads(line)
+        except json.JSONDecodeError:
+            raise JudgeRequestError(f"the judge sent a line that is not JSON: {line[:120]!r}") from None
+        if not isinstance(part, dict):
+            raise JudgeRequestError(f"the judge sent {line[:120]!r}, not a JSON object")
+        if part.get("error"):
+            raise JudgeRequestError(f"the judge answered with an error: {part['error']}")
+        message = part.get("message") or {}
+        pieces.append(str(message.get("content") or ""))
+        if part.get("done"):
+            break
+    return "".join(pieces)
+
+
+def _read_openai_reply(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["choices"][0]["message"]["content"] or "")
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise JudgeRequestError(
+            f"the judge's answer is not a chat completion: {response.text[:200]!r}"
+        ) from None
+
+
+def judge_one(client: JudgeClient, prompt: str) -> Judgement:
+    try:
+        reply = client.ask(prompt)
+    except JudgeRequestError as error:
+        return Judgement(score=None, reply=None, error=str(error))
+    return Judgement(score=parse_score(reply), reply=reply, error=None)
+
+
+def judge_all(
+    client: JudgeClient,
+    prompts: dict[int, str],
+    on_result: Callable[[int, Judgement], None],
+    on_flush: Callable[[], None],
+    concurrency: int = 1,
+    flush_interval: float = 1.0,
+    progress: bool = True,
+) -> None:
+    """Judge every prompt (keyed by record index), `concurrency` at a time.
+
+    `on_result` runs in the calling thread as each answer arrives; `on_flush` runs at most
+    every `flush_interval` seconds while results are waiting to be saved, and once at the
+    end, also when the run is aborted or interrupted, so finished work is never lost.
+    """
+    from tqdm import tqdm
+
+    if concurrency < 1:
+        raise UserError(f"--concurrency must be at least 1, got {concurrency}")
+    bar = tqdm(total=len(prompts), desc=f"judging with {client.spec}", unit="record", disable=not progress)
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge")
+    pending: dict[Future, int] = {
+        pool.submit(judge_one, client, prompt): index for index, prompt in prompts.items()
+    }
+    dirty = False
+    last_flush = time.monotonic()
+    try:
+        while pending:
+            timeout = max(0.0, last_flush + flush_interval - time.monotonic()) if dirty else None
+            done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+            for future in done:
+                index = pending.pop(future)
+                on_result(index, future.result())
+                dirty = True
+                bar.update(1)
+            if dirty and time.monotonic() - last_flush >= flush_interval:
+                on_flush()
+                dirty, last_flush = False, time.monotonic()
+    finally:
+        client.stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        bar.close()
+        on_flush()
+
+
+def summarize_scores(scores: Iterable[int | None]) -> dict:
+    """n, how many were scored, their mean and median, and counts in ten bins (90-100 holds 100)."""
+    scores = list(scores)
+    valid = [s for s in scores if s is not None]
+    histogram = [0] * HISTOGRAM_BINS
+    for score in valid:
+        histogram[min(score // 10, HISTOGRAM_BINS - 1)] += 1
+    return {
+        "n": len(scores),
+        "n_scored": len(valid),
+        "mean": statistics.fmean(valid) if valid else None,
+        "median": statistics.median(valid) if valid else None,
+        "histogram": histogram,
+    }
+
+
+def format_summary(summary: dict, width: int = 40) -> str:
+    """n scored of n, mean, median, and a text histogram with one row per ten points."""
+    head = f"{summary['n_scored']} scored of {summary['n']}"
+    if summary["n_scored"]:
+        head += f", mean {summary['mean']:.2f}, median {summary['median']:g}"
+    lines = [head]
+    peak = max(summary["histogram"]) if summary["n_scored"] else 0
+    for k, count in enumerate(summary["histogram"]):
+        low, high = 10 * k, 100 if k == HISTOGRAM_BINS - 1 else 10 * k + 9
+        bar = "#" * round(width * count / peak) if peak else ""
+        lines.append(f"  {low:>3}-{high:<3} | {bar:<{width}} {count}")
+    return "\n".join(lines)

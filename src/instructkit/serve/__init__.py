@@ -1,0 +1,43 @@
+"""Serving a fine-tuned model over HTTP with OpenAI- and Ollama-compatible APIs.
+
+`Engine` (serve.engine) is the model side, `create_app` (serve.app) the protocol side;
+`load_engine` builds an engine from a model spec the way `instructkit generate` loads
+models, and `run_server` runs the app with uvicorn.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from instructkit.serve.engine import Engine, RequestError, SamplingParams, messages_to_record
+
+__all__ = ["Engine", "RequestError", "SamplingParams", "messages_to_record", "load_engine", "model_name", "run_server"]
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def model_name(spec: str) -> str:
+    """What clients see as the model: a run or model directory's name, else the spec itself."""
+    path = Path(spec)
+    if path.is_dir():
+        resolved = path.resolve()
+        return resolved.parent.name if resolved.name == "model" else resolved.name
+    return spec
+
+
+def load_engine(spec: str, *, style: str | None = None, tokenizer: str | None = None, device: str = "auto",
+                name: str | None = None, max_new_tokens: int = 256) -> Engine:
+    from instructkit.responses import load_for_generation
+
+    model, tok, prompt_style = load_for_generation(spec, style=style, tokenizer=tokenizer, device=device)
+    return Engine(model, tok, prompt_style, name or model_name(spec), max_new_tokens=max_new_tokens)
+
+
+def run_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+               log_level: str = "info") -> None:
+    """Serve until interrupted."""
+    import uvicorn
+
+    from instructkit.serve.app import create_app
+
+    uvicorn.run(create_app(engine, api_key=api_key), host=host, port=port, log_level=log_level)

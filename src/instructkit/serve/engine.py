@@ -1,0 +1,194 @@
+"""The model side of the server: a loaded model, its tokenizer and prompt style, and a lock.
+
+`Engine` turns chat messages into the model's prompt, checks that a request fits the
+context, and streams generated text. The HTTP protocol code (`serve.app`) only talks to
+this class, so tests can serve a tiny random model (or any object with the same
+methods). Model calls are serialised with one lock, taken for each decoding step rather
+than a whole reply, so a slow or vanished streaming client never blocks the others.
+
+How chat messages become a record: the last user message is the `instruction`; the
+text of any system messages is the `input` (the book's optional context block, so a
+client can send an (instruction, input) pair as system + user); earlier user and
+assistant turns are dropped, since the model was tuned on single-turn records.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+class RequestError(Exception):
+    """A request the engine cannot serve as asked; the protocol layer answers 400 with `message`."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+def messages_to_record(messages: list[dict]) -> dict:
+    """Chat messages -> {"instruction", "input"} (see the module docstring for the rule)."""
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    if not users:
+        raise RequestError("messages must contain at least one message with role 'user'", "messages")
+    system = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
+    return {"instruction": users[-1], "input": system.strip()}
+
+
+class Generation:
+    """An iterator over text pieces of one reply; `finish_reason` and counts are set when it ends.
+
+    With `chat` the text is the style's extracted response (header removed, stripped) and the
+    style's stop strings end it; otherwise it is the raw continuation of the prompt. Pieces
+    never include text that might still turn out to be part of a stop sequence.
+    """
+
+    def __init__(self, engine: Engine, prompt: str, prompt_ids: list[int], max_tokens: int,
+                 params: SamplingParams, chat: bool):
+        self.engine = engine
+        self.prompt = prompt
+        self.prompt_ids = prompt_ids
+        self.max_tokens = max_tokens
+        self.params = params
+        self.chat = chat
+        self.stops = [s for s in params.stop if s] + (list(engine.style.stop_strings) if chat else [])
+        self.finish_reason: str | None = None
+        self.completion_tokens = 0
+        self.text = ""
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    def _view(self, raw: str) -> str:
+        if self.chat:
+            return self.engine.style.extract_response(self.prompt + raw, self.prompt)
+        return raw
+
+    def __iter__(self) -> Iterator[str]:
+        import torch
+
+        from instructkit.generate import stream
+
+        engine, p = self.engine, self.params
+        tokens = stream(
+            engine.model, self.prompt_ids, self.max_tokens, temperature=p.temperature,
+            top_k=p.top_k, top_p=p.top_p, eos_id=engine.tokenizer.eos_id, seed=p.seed,
+        )
+        ids: list[int] = []
+        emitted = ""
+        raw = ""
+        self.finish_reason = "length"
+        while len(ids) < self.max_tokens:
+            with engine.lock, torch.no_grad():
+                token = next(tokens, None)
+            if token is None or token == engine.tokenizer.eos_id:
+                self.finish_reason = "stop"
+                break
+            ids.append(token)
+            raw = engine.tokenizer.decode(ids)
+            cut = min((raw.find(s) for s in self.stops if s in raw), default=-1)
+            if cut >= 0:
+                raw, self.finish_reason = raw[:cut], "stop"
+                break
+            if raw.endswith("\ufffd"):
+                continue  # half a UTF-8 character: wait for the rest
+            ready = self._view(raw[: len(raw) - _held_back(raw, self.stops)])
+            if ready.startswith(emitted) and len(ready) > len(emitted):
+                yield ready[len(emitted) :]
+                emitted = ready
+        self.completion_tokens = len(ids)
+        final = self._view(raw)
+        if final.startswith(emitted) and len(final) > len(emitted):
+            yield final[len(emitted) :]
+            emitted = final
+        self.text = emitted
+
+    def run(self) -> str:
+        """Generate to the end and return the whole text."""
+        for _ in self:
+            pass
+        return self.text
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters might begin a stop sequence."""
+    longest = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:k]):
+                longest = k
+                break
+    return longest
+
+
+class Engine:
+    """A loaded model ready to answer requests."""
+
+    def __init__(self, model, tokenizer, style, name: str, max_new_tokens: int = 256):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.style = style
+        self.name = name
+        self.max_new_tokens = max_new_tokens
+        self.lock = threading.Lock()
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.config.context_length)
+
+    def details(self) -> dict:
+        """What /api/tags and /v1/models say about the model."""
+        n = sum(p.numel() for p in self.model.parameters())
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        return {
+            "parameters": n,
+            "size": n * next(self.model.parameters()).element_size(),
+            "parameter_size": f"{n / 1e6:.1f}M" if n < 1e9 else f"{n / 1e9:.1f}B",
+            "dtype": dtype,
+            "context_length": self.context_length,
+            "style": self.style.name,
+        }
+
+    def chat(self, messages: list[dict], params: SamplingParams) -> Generation:
+        """A reply to chat messages, through the model's prompt style."""
+        prompt = self.style.prompt(messages_to_record(messages))
+        return self._generation(prompt, params, chat=True)
+
+    def instruct(self, instruction: str, input_text: str, params: SamplingParams) -> Generation:
+        """A reply to one instruction (Ollama's /api/generate without raw)."""
+        prompt = self.style.prompt({"instruction": instruction, "input": input_text})
+        return self._generation(prompt, params, chat=True)
+
+    def complete(self, text: str, params: SamplingParams) -> Generation:
+        """A raw continuation of `text` (OpenAI's /v1/completions, Ollama's raw mode)."""
+        return self._generation(text, params, chat=False)
+
+    def _generation(self, prompt: str, params: SamplingParams, chat: bool) -> Generation:
+        ids = self.tokenizer.encode(prompt)
+        if not ids:
+            raise RequestError("the prompt is empty", "prompt")
+        if len(ids) >= self.context_length:
+            raise RequestError(
+                f"the prompt is {len(ids)} tokens; this model's context is {self.context_length} "
+                "tokens and the reply needs at least one",
+                "messages" if chat else "prompt",
+                "context_length_exceeded",
+            )
+        wanted = self.max_new_tokens if params.max_tokens is None else params.max_tokens
+        # Replies are cut where the context ends (finish_reason "length").
+        budget = min(wanted, self.context_length - len(ids))
+        return Generation(self, prompt, ids, budget, params, chat)
