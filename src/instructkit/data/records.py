@@ -61,15 +61,18 @@ def load_instructions(path: str | Path, fields: dict[str, str] | None = None) ->
         raise DataError(f"{path}: empty file; expected a JSON list, JSONL or CSV of records")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        raw, problems = _read_csv(path, text, fields)
+        raw = _read_csv(path, text, fields)
     elif suffix in JSONL_SUFFIXES:
-        raw, problems = _read_jsonl(path, text)
+        raw = _read_jsonl(text)
     elif suffix == ".json" or text.lstrip().startswith("["):
-        raw, problems = _read_json_list(path, text)
+        raw = _read_json_list(path, text)
     else:
-        raw, problems = _read_jsonl(path, text)
-    records = []
+        raw = _read_jsonl(text)
+    records, problems = [], []
     for where, item in raw:
+        if isinstance(item, Unreadable):
+            problems.append(f"{path}: {where}{item}")
+            continue
         record, record_problems = _normalize(item, fields)
         problems.extend(f"{path}: {where}{detail}" for detail in record_problems)
         records.append(record)
@@ -78,6 +81,10 @@ def load_instructions(path: str | Path, fields: dict[str, str] | None = None) ->
     if not records:
         raise DataError(f"{path}: no records")
     return records
+
+
+class Unreadable(str):
+    """A line or row that could not be parsed: its problem, in place of a record."""
 
 
 def _read_text(path: Path) -> str:
@@ -99,7 +106,7 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
-def _read_json_list(path: Path, text: str) -> tuple[list, list[str]]:
+def _read_json_list(path: Path, text: str) -> list[tuple[str, object]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -114,24 +121,24 @@ def _read_json_list(path: Path, text: str) -> tuple[list, list[str]]:
             f"{path}: top level is {_kind(data)}, expected a JSON list of records "
             "(objects with instruction, input, output)"
         )
-    return [(f"record index {index}", item) for index, item in enumerate(data)], []
+    return [(f"record index {index}", item) for index, item in enumerate(data)]
 
 
-def _read_jsonl(path: Path, text: str) -> tuple[list, list[str]]:
-    raw, problems = [], []
+def _read_jsonl(text: str) -> list[tuple[str, object]]:
+    raw = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             raw.append((f"line {number}", json.loads(line)))
         except json.JSONDecodeError as error:
-            problems.append(
-                f"{path}: line {number}, column {error.colno}: invalid JSON: {error.msg}"
-            )
-    return raw, problems
+            raw.append((f"line {number}", Unreadable(
+                f", column {error.colno}: invalid JSON: {error.msg}"
+            )))
+    return raw
 
 
-def _read_csv(path: Path, text: str, fields: dict[str, str]) -> tuple[list, list[str]]:
+def _read_csv(path: Path, text: str, fields: dict[str, str]) -> list[tuple[str, object]]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
@@ -146,7 +153,7 @@ def _read_csv(path: Path, text: str, fields: dict[str, str]) -> tuple[list, list
     ]
     if missing:
         raise DataError(missing)
-    raw, problems = [], []
+    raw: list[tuple[str, object]] = []
     line = reader.line_num + 1
     while True:
         try:
@@ -154,17 +161,17 @@ def _read_csv(path: Path, text: str, fields: dict[str, str]) -> tuple[list, list
         except StopIteration:
             break
         except csv.Error as error:
-            problems.append(f"{path}: line {line}: invalid CSV ({error})")
+            raw.append((f"line {line}", Unreadable(f": invalid CSV ({error})")))
             break
         if any(cell.strip() for cell in row):
             if len(row) != len(header):
-                problems.append(
-                    f"{path}: line {line}: has {len(row)} cells, the header has {len(header)}"
-                )
+                raw.append((f"line {line}", Unreadable(
+                    f": has {len(row)} cells, the header has {len(header)}"
+                )))
             else:
                 raw.append((f"line {line}", dict(zip(header, row))))
         line = reader.line_num + 1
-    return raw, problems
+    return raw
 
 
 def _normalize(item, fields: dict[str, str]) -> tuple[dict, list[str]]:

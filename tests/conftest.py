@@ -1,0 +1,39 @@
+"""Shared fixtures: the example records file in the repo and a small tokenizer trained on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "instructions.json"
+BOOK_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
+
+
+@pytest.fixture(scope="session")
+def example_records_path() -> Path:
+    return EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def example_records() -> list[dict]:
+    from instructkit.data import load_instructions
+
+    return load_instructions(EXAMPLES)
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer(example_records):
+    """A byte-level BPE (vocab 400, eos `<|endoftext|>`) trained on the example records."""
+    from instructkit.data import get_style
+    from instructkit.tokenizer import train_tokenizer
+
+    style = get_style("alpaca")
+    return train_tokenizer([style.text(record) for record in example_records], vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer_dir(small_tokenizer, tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("tokenizer")
+    small_tokenizer.save(directory)
+    return directory
