@@ -1,0 +1,140 @@
+"""Tests for batch samplers and the loader: coverage, determinism, DDP ranks, packing."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from instructkit.data import (
+    Batch,
+    Example,
+    InstructionCollator,
+    InstructionDataset,
+    LengthGroupedSampler,
+    PackedBatchSampler,
+    RandomBatchSampler,
+    build_loader,
+    pack_lengths,
+)
+
+_RNG = random.Random(0)
+LENGTHS = [_RNG.randint(5, 120) for _ in range(203)]
+
+
+def flatten(batches):
+    return [index for batch in batches for index in batch]
+
+
+def test_pack_lengths_first_fit_decreasing():
+    assert pack_lengths([5, 2, 3, 1], 6) == [[0, 3], [2, 1]]
+    assert pack_lengths([4, 4, 4], 4) == [[0], [1], [2]]
+    with pytest.raises(ValueError, match="longer than the row capacity 3"):
+        pack_lengths([4], 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(1, 20), min_size=1, max_size=40), k=st.integers(1, 6))
+def test_repacking_the_first_rows_reproduces_them(lengths, k):
+    rows = pack_lengths(lengths, 20)
+    assert sorted(flatten(rows)) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 20 for row in rows)
+    chosen = sorted(flatten(rows[:k]))
+    again = pack_lengths([lengths[i] for i in chosen], 20)
+    assert [[chosen[i] for i in row] for row in again] == rows[:k]
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_length_grouped_covers_each_index_once_with_similar_lengths(drop_last):
+    sampler = LengthGroupedSampler(LENGTHS, batch_size=8, seed=1, drop_last=drop_last)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == (25 if drop_last else 26)
+    seen = flatten(batches)
+    assert len(seen) == len(set(seen)) == (200 if drop_last else 203)
+    spread = sum(max(LENGTHS[i] for i in b) - min(LENGTHS[i] for i in b) for b in batches)
+    random_batches = list(RandomBatchSampler(len(LENGTHS), 8, seed=1))
+    random_spread = sum(
+        max(LENGTHS[i] for i in b) - min(LENGTHS[i] for i in b) for b in random_batches
+    )
+    assert spread < random_spread / 5
+
+
+def test_samplers_are_deterministic_per_seed_and_epoch():
+    for make in (
+        lambda seed: LengthGroupedSampler(LENGTHS, 8, seed=seed),
+        lambda seed: RandomBatchSampler(len(LENGTHS), 8, seed=seed),
+        lambda seed: PackedBatchSampler(LENGTHS, 128, 4, seed=seed),
+    ):
+        first, again, other = make(0), make(0), make(1)
+        assert list(first) == list(again)
+        assert list(first) != list(other)
+        epoch_zero = list(first)
+        first.set_epoch(1)
+        assert list(first) != epoch_zero
+        again.set_epoch(1)
+        assert list(first) == list(again)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_ranks_get_disjoint_batches_of_equal_count(drop_last):
+    ranks = [
+        list(LengthGroupedSampler(LENGTHS, 8, seed=3, drop_last=drop_last, rank=r, world_size=3))
+        for r in range(3)
+    ]
+    assert len({len(batches) for batches in ranks}) == 1
+    single = list(LengthGroupedSampler(LENGTHS, 8, seed=3, drop_last=drop_last))
+    dealt = [batch for step in zip(*ranks) for batch in step]
+    if drop_last:
+        assert dealt == single[: len(single) // 3 * 3]
+    else:  # 26 batches: two repeated from the start so every rank has 9
+        assert dealt == single + single[:1]
+    with pytest.raises(ValueError, match="rank 3 is not in 0..2"):
+        RandomBatchSampler(10, 2, rank=3, world_size=3)
+
+
+def test_random_sampler_without_shuffle_is_file_order():
+    assert list(RandomBatchSampler(5, 2, shuffle=False)) == [[0, 1], [2, 3], [4]]
+    assert list(RandomBatchSampler(5, 2, shuffle=False, drop_last=True)) == [[0, 1], [2, 3]]
+
+
+def test_packed_sampler_fills_exactly_rows_per_batch():
+    sampler = PackedBatchSampler(LENGTHS + [500], capacity=256, rows_per_batch=4, seed=2)
+    batches = list(sampler)
+    assert sorted(flatten(batches)) == list(range(len(LENGTHS) + 1))
+    lengths = [min(length, 256) for length in LENGTHS + [500]]
+    for batch in batches[:-1]:
+        assert len(pack_lengths([lengths[i] for i in batch], 256)) == 4
+    assert len(pack_lengths([lengths[i] for i in batches[-1]], 256)) <= 4
+    real = sum(lengths)
+    assert real / (len(batches) * 4 * 256) > 0.9
+
+
+def test_build_loader_yields_batches_in_each_mode(example_records, small_tokenizer):
+    dataset = InstructionDataset(example_records, small_tokenizer)
+    eos = small_tokenizer.eos_id
+    plain = build_loader(dataset, InstructionCollator(eos), batch_size=8, drop_last=True)
+    batches = list(plain)
+    assert len(batches) == len(plain) == 2
+    assert all(isinstance(b, Batch) and b.input_ids.shape[0] == 8 for b in batches)
+
+    grouped = list(build_loader(dataset, InstructionCollator(eos), 8, group_by_length=True))
+    assert sum(b.num_records for b in grouped) == 20
+
+    packed_loader = build_loader(dataset, InstructionCollator(eos, allowed_max_length=128,
+                                                              pack=True), batch_size=2)
+    packed = list(packed_loader)
+    assert sum(b.num_records for b in packed) == 20
+    assert all(b.input_ids.shape[0] <= 2 and b.input_ids.shape[1] <= 128 for b in packed)
+    packed_loader.batch_sampler.set_epoch(1)
+    assert sum(b.num_records for b in packed_loader) == 20
+
+
+def test_build_loader_accepts_plain_examples_and_workers():
+    examples = [Example(list(range(1, n + 1)), 1) for n in (3, 5, 2, 7, 4)]
+    loader = build_loader(examples, InstructionCollator(0), batch_size=2, shuffle=False,
+                          num_workers=1)
+    batches = list(loader)
+    assert [b.num_records for b in batches] == [2, 2, 1]
+    assert batches[0].input_ids.tolist() == [[1, 2, 3, 0, 0], [1, 2, 3, 4, 5]]
