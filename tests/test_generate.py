@@ -94,7 +94,7 @@ def test_eos_stops_each_row_independently():
 def test_seed_reproduces_sampling():
     model = tiny_model()
     idx = torch.tensor(prompts([4, 4]))
-    options = dict(temperature=1.0, top_k=50, top_p=0.95)
+    options = {"temperature": 1.0, "top_k": 50, "top_p": 0.95}
     first = generate(model, idx, 30, seed=7, **options)
     assert torch.equal(first, generate(model, idx, 30, seed=7, **options))
     assert not torch.equal(first, generate(model, idx, 30, seed=8, **options))

@@ -1,0 +1,122 @@
+"""`instructkit chat`: talk to a model in the terminal, its reply streamed as it is generated.
+
+Each line you type becomes the instruction of one prompt in the model's prompt style (the
+one saved with the run, else alpaca); the model answers it alone, without earlier turns,
+because that is the single-turn format it was fine-tuned on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Iterator
+
+from instructkit.commands import HelpFormatter
+
+EXIT_COMMANDS = ("/exit", "/quit")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "chat",
+        help="chat with a model in the terminal",
+        description=(
+            "Chat with a model: each line is an instruction, the reply streams as it is\n"
+            "generated. /exit or Ctrl-D quits; Ctrl-C stops the current reply.\n\n"
+            "  instructkit chat --model runs/demo\n"
+            "  echo 'Name three primary colors.' | instructkit chat --model runs/demo"
+        ),
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "--model", required=True, help="run dir, model dir, preset/hub id, random:PRESET or .pth"
+    )
+    parser.add_argument(
+        "--style", help="prompt style (default: the one saved with the model, else alpaca)"
+    )
+    parser.add_argument("--tokenizer", help="tokenizer spec when the model has none saved")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="0 is greedy decoding, as in the book"
+    )
+    parser.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
+    parser.add_argument("--seed", type=int, default=None, help="makes sampled replies repeatable")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from instructkit.errors import UserError
+    from instructkit.generate import check_options, stream
+    from instructkit.responses import load_for_generation
+
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    check_options(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    model, tokenizer, style = load_for_generation(
+        args.model, args.style, args.tokenizer, args.device
+    )
+    interactive = sys.stdin.isatty()
+    print(
+        f"chatting with {args.model} (style {style.name}); /exit or Ctrl-D quits", file=sys.stderr
+    )
+    while True:
+        if interactive:
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in EXIT_COMMANDS:
+            return 0
+        if not line.strip():
+            continue
+        prompt = style.prompt({"instruction": line.strip(), "input": ""})
+        tokens = stream(
+            model,
+            tokenizer.encode(prompt),
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            eos_id=tokenizer.eos_id,
+            seed=args.seed,
+        )
+        try:
+            for piece in reply_text(tokens, tokenizer, style.stop_strings):
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            pass  # stop this reply, keep chatting
+        finally:
+            tokens.close()
+        print(flush=True)
+
+
+def reply_text(
+    tokens: Iterable[int], tokenizer, stop_strings: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """The reply's text in printable pieces as tokens arrive.
+
+    Text is held back while it could still change: a token can end inside a multi-byte
+    character (decoded as U+FFFD until the rest arrives), or inside a stop string, which
+    ends the reply and is not shown. Leading whitespace is dropped.
+    """
+    ids: list[int] = []
+    shown = ""
+    for token in tokens:
+        ids.append(token)
+        text = tokenizer.decode(ids).lstrip()
+        stops = [text.index(stop) for stop in stop_strings if stop in text]
+        if stops:
+            yield text[len(shown) : min(stops)]
+            return
+        ready = len(text.rstrip("\ufffd"))
+        for stop in stop_strings:  # keep back a tail that may begin a stop string
+            for size in range(min(len(stop) - 1, ready), 0, -1):
+                if text[:ready].endswith(stop[:size]):
+                    ready -= size
+                    break
+        if ready > len(shown):
+            yield text[len(shown) : ready]
+            shown = text[:ready]
+    text = tokenizer.decode(ids).lstrip()
+    if len(text) > len(shown):
+        yield text[len(shown) :]
