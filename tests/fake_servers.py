@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 # An action for one request: ("reply", text) | ("status", code) | ("hang", seconds) | ("drop",)
 Action = tuple
@@ -38,8 +39,10 @@ class FakeJudge:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> FakeJudge:
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    def __enter__(self) -> Self:
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -86,7 +89,11 @@ class FakeJudge:
                     action = ("reply", action[2])
                     kind = "reply"
                 if kind == "status":
-                    return self._send(action[1], json.dumps({"error": f"status {action[1]}"}).encode(), "application/json")
+                    return self._send(
+                        action[1],
+                        json.dumps({"error": f"status {action[1]}"}).encode(),
+                        "application/json",
+                    )
                 if kind == "drop":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -95,13 +102,17 @@ class FakeJudge:
                 if self.path == "/api/chat":
                     # Ollama streams NDJSON: the reply in two pieces, then a done object.
                     half = len(text) // 2
-                    lines = [{"message": {"role": "assistant", "content": piece}, "done": False}
-                             for piece in (text[:half], text[half:])]
+                    lines = [
+                        {"message": {"role": "assistant", "content": piece}, "done": False}
+                        for piece in (text[:half], text[half:])
+                    ]
                     lines.append({"message": {"role": "assistant", "content": ""}, "done": True})
                     data = "".join(json.dumps(line) + "\n" for line in lines).encode()
                     self._send(200, data, "application/x-ndjson")
                 else:
-                    reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+                    reply = {
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]
+                    }
                     self._send(200, json.dumps(reply).encode(), "application/json")
                 with judge._lock:
                     judge.answered[prompt] += 1

@@ -8,6 +8,7 @@ import pytest
 from fake_servers import FakeJudge
 
 from instructkit.data import format_input
+from instructkit.errors import UserError
 from instructkit.evaluate import evaluate_responses
 from instructkit.evaluate.judge import (
     JudgeClient,
@@ -21,15 +22,18 @@ from instructkit.evaluate.judge import (
     parse_score,
     summarize_scores,
 )
-from instructkit.errors import UserError
 
 FAST = RetryPolicy(retries=2, backoff=0.01, max_backoff=0.02)
 
 
 def make_records(n: int) -> list[dict]:
     return [
-        {"instruction": f"Task {i}.", "input": "x" if i % 2 else "", "output": f"Answer {i}.",
-         "model_response": f"Reply {i}."}
+        {
+            "instruction": f"Task {i}.",
+            "input": "x" if i % 2 else "",
+            "output": f"Answer {i}.",
+            "model_response": f"Reply {i}.",
+        }
         for i in range(n)
     ]
 
@@ -47,9 +51,19 @@ def task_number(prompt: str) -> int:
 @pytest.mark.parametrize(
     ("reply", "score"),
     [
-        ("85", 85), (" 85\n", 85), ("Score: 85/100", 85), ("I would rate it 85.", 85),
-        ("100", 100), ("0", 0), ("150 is too high; 90", 90), ("8.5", None), ("-3", None),
-        ("great answer", None), ("", None), ("score85", None), ("**72**", 72),
+        ("85", 85),
+        (" 85\n", 85),
+        ("Score: 85/100", 85),
+        ("I would rate it 85.", 85),
+        ("100", 100),
+        ("0", 0),
+        ("150 is too high; 90", 90),
+        ("8.5", None),
+        ("-3", None),
+        ("great answer", None),
+        ("", None),
+        ("score85", None),
+        ("**72**", 72),
     ],
 )
 def test_parse_score(reply, score):
@@ -57,8 +71,12 @@ def test_parse_score(reply, score):
 
 
 def test_judge_prompt_is_the_books():
-    record = {"instruction": "Rewrite.", "input": "The car is fast.", "output": "As fast as lightning.",
-              "model_response": "As fast as a bullet."}
+    record = {
+        "instruction": "Rewrite.",
+        "input": "The car is fast.",
+        "output": "As fast as lightning.",
+        "model_response": "As fast as a bullet.",
+    }
     expected = (
         f"Given the input `{format_input(record)}` and correct output `As fast as lightning.`, "
         "score the model response `As fast as a bullet.` on a scale from 0 to 100, "
@@ -77,29 +95,43 @@ def test_parse_judge_spec():
 
 
 def test_ollama_wire_format_and_streamed_reply():
-    with FakeJudge(lambda prompt, attempt: ("reply", "The score is 77")) as fake:
-        with JudgeClient("ollama", "llama3", fake.url, retry=FAST) as client:
-            assert client.ask("hello") == "The score is 77"
-    assert fake.payloads == [{"model": "llama3", "messages": [{"role": "user", "content": "hello"}],
-                              "options": {"seed": 123, "temperature": 0, "num_ctx": 2048}}]
+    with (
+        FakeJudge(lambda prompt, attempt: ("reply", "The score is 77")) as fake,
+        JudgeClient("ollama", "llama3", fake.url, retry=FAST) as client,
+    ):
+        assert client.ask("hello") == "The score is 77"
+    assert fake.payloads == [
+        {
+            "model": "llama3",
+            "messages": [{"role": "user", "content": "hello"}],
+            "options": {"seed": 123, "temperature": 0, "num_ctx": 2048},
+        }
+    ]
 
 
 @pytest.mark.parametrize("suffix", ["", "/v1", "/v1/"])
 def test_openai_wire_format_and_api_key(suffix):
-    with FakeJudge(lambda prompt, attempt: ("reply", "42")) as fake:
-        with JudgeClient("openai", "gpt-x", fake.url + suffix, api_key="sekret", retry=FAST) as client:
-            assert client.endpoint == fake.url + "/v1/chat/completions"
-            assert client.ask("hi") == "42"
-    assert fake.payloads[0] == {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}],
-                                "temperature": 0, "seed": 123}
+    with (
+        FakeJudge(lambda prompt, attempt: ("reply", "42")) as fake,
+        JudgeClient("openai", "gpt-x", fake.url + suffix, api_key="sekret", retry=FAST) as client,
+    ):
+        assert client.endpoint == fake.url + "/v1/chat/completions"
+        assert client.ask("hi") == "42"
+    assert fake.payloads[0] == {
+        "model": "gpt-x",
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 0,
+        "seed": 123,
+    }
     assert fake.headers[0]["Authorization"] == "Bearer sekret"
 
 
 def test_500_then_success_is_retried(tmp_path):
-    script = lambda prompt, attempt: ("status", 500) if attempt == 1 else ("reply", str(10 * task_number(prompt)))
-    with FakeJudge(script) as fake:
-        with JudgeClient("ollama", "j", fake.url, retry=FAST) as client:
-            doc = evaluate_responses(write_responses(tmp_path, 4), judge=client, progress=False)
+    script = lambda prompt, attempt: (
+        ("status", 500) if attempt == 1 else ("reply", str(10 * task_number(prompt)))
+    )
+    with FakeJudge(script) as fake, JudgeClient("ollama", "j", fake.url, retry=FAST) as client:
+        doc = evaluate_responses(write_responses(tmp_path, 4), judge=client, progress=False)
     assert [r["judge_score"] for r in doc["records"]] == [0, 10, 20, 30]
     assert all(r["judge_error"] is None for r in doc["records"])
     assert sorted(fake.requests.values()) == [2, 2, 2, 2]
@@ -136,38 +168,53 @@ def test_a_hang_times_out_is_recorded_and_retried_on_the_next_run(tmp_path):
 
 def test_non_numeric_reply_is_null_with_raw_kept_and_not_asked_again(tmp_path):
     responses = write_responses(tmp_path, 2)
-    script = lambda prompt, attempt: ("reply", "A fine answer!" if task_number(prompt) == 0 else "88")
+    script = lambda prompt, attempt: (
+        "reply",
+        "A fine answer!" if task_number(prompt) == 0 else "88",
+    )
     with FakeJudge(script) as fake:
         for _ in range(2):
             with JudgeClient("openai", "j", fake.url, retry=FAST) as client:
                 doc = evaluate_responses(responses, judge=client, progress=False)
     first = doc["records"][0]
-    assert first["judge_score"] is None and first["judge_reply"] == "A fine answer!" and first["judge_error"] is None
+    assert (
+        first["judge_score"] is None
+        and first["judge_reply"] == "A fine answer!"
+        and first["judge_error"] is None
+    )
     assert doc["judge"]["n_unparsed"] == 1 and doc["judge"]["n_scored"] == 1
     assert list(fake.requests.values()) == [1, 1]
 
 
 def test_4xx_is_recorded_without_retry_and_404_aborts(tmp_path):
     responses = write_responses(tmp_path, 2)
-    with FakeJudge(lambda prompt, attempt: ("status", 400)) as fake:
-        with JudgeClient("ollama", "j", fake.url, retry=FAST) as client:
-            doc = evaluate_responses(responses, judge=client, progress=False)
+    with (
+        FakeJudge(lambda prompt, attempt: ("status", 400)) as fake,
+        JudgeClient("ollama", "j", fake.url, retry=FAST) as client,
+    ):
+        doc = evaluate_responses(responses, judge=client, progress=False)
     assert all("HTTP 400" in r["judge_error"] for r in doc["records"])
     assert list(fake.requests.values()) == [1, 1]
 
-    with FakeJudge(lambda prompt, attempt: ("status", 404)) as fake:
-        with JudgeClient("ollama", "nope", fake.url, retry=FAST) as client:
-            with pytest.raises(JudgeRejected, match="404"):
-                evaluate_responses(responses, out_path=tmp_path / "s404.json", judge=client, progress=False)
+    with (
+        FakeJudge(lambda prompt, attempt: ("status", 404)) as fake,
+        JudgeClient("ollama", "nope", fake.url, retry=FAST) as client,
+        pytest.raises(JudgeRejected, match="404"),
+    ):
+        evaluate_responses(responses, out_path=tmp_path / "s404.json", judge=client, progress=False)
 
 
 def test_dropped_connections_are_retried_then_recorded():
-    with FakeJudge(lambda prompt, attempt: ("drop",) if attempt < 3 else ("reply", "61")) as fake:
-        with JudgeClient("ollama", "j", fake.url, retry=FAST) as client:
-            assert client.ask("p") == "61"
-    with FakeJudge(lambda prompt, attempt: ("drop",)) as fake:
-        with JudgeClient("ollama", "j", fake.url, retry=FAST) as client:
-            judgement = judge_one(client, "p")
+    with (
+        FakeJudge(lambda prompt, attempt: ("drop",) if attempt < 3 else ("reply", "61")) as fake,
+        JudgeClient("ollama", "j", fake.url, retry=FAST) as client,
+    ):
+        assert client.ask("p") == "61"
+    with (
+        FakeJudge(lambda prompt, attempt: ("drop",)) as fake,
+        JudgeClient("ollama", "j", fake.url, retry=FAST) as client,
+    ):
+        judgement = judge_one(client, "p")
     assert judgement.score is None and "connection broken" in judgement.error
     assert fake.requests["p"] == 3
 
@@ -178,18 +225,22 @@ def test_unreachable_server_names_the_url(tmp_path):
     sock = free_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     sock.close()  # nothing listens there now
-    with JudgeClient("ollama", "j", url, retry=FAST) as client:
-        with pytest.raises(JudgeUnreachable, match=f"cannot reach the judge at {url}"):
-            evaluate_responses(write_responses(tmp_path, 3), judge=client, progress=False)
+    with (
+        JudgeClient("ollama", "j", url, retry=FAST) as client,
+        pytest.raises(JudgeUnreachable, match=f"cannot reach the judge at {url}"),
+    ):
+        evaluate_responses(write_responses(tmp_path, 3), judge=client, progress=False)
 
 
 def test_concurrency_sends_n_requests_at_once(tmp_path):
     responses = write_responses(tmp_path, 8)
-    with FakeJudge(lambda prompt, attempt: ("sleep", 0.25, "70")) as fake:
-        with JudgeClient("ollama", "j", fake.url, retry=FAST) as client:
-            started = time.monotonic()
-            doc = evaluate_responses(responses, judge=client, concurrency=4, progress=False)
-            elapsed = time.monotonic() - started
+    with (
+        FakeJudge(lambda prompt, attempt: ("sleep", 0.25, "70")) as fake,
+        JudgeClient("ollama", "j", fake.url, retry=FAST) as client,
+    ):
+        started = time.monotonic()
+        doc = evaluate_responses(responses, judge=client, concurrency=4, progress=False)
+        elapsed = time.monotonic() - started
     assert fake.max_in_flight == 4
     assert elapsed < 8 * 0.25  # sequential would take at least 2 s
     assert doc["judge"]["n_scored"] == 8

@@ -34,16 +34,18 @@ def test_lcs_length_known_cases():
 def test_rouge_l_hand_computed():
     # LCS("the car is as fast as a bullet", "the car is as fast as lightning") = 6 words
     p, r = 6 / 8, 6 / 7
-    assert rouge_l("The car is as fast as a bullet.", "The car is as fast as lightning.") == pytest.approx(
-        2 * p * r / (p + r)
-    )
+    assert rouge_l(
+        "The car is as fast as a bullet.", "The car is as fast as lightning."
+    ) == pytest.approx(2 * p * r / (p + r))
     assert rouge_l("same words here", "Same words, here!") == 1.0
     assert rouge_l("nothing shared", "other text") == 0.0
     assert rouge_l("", "") == 1.0
     assert rouge_l("", "text") == 0.0
 
 
-@given(st.lists(st.sampled_from("abcd"), max_size=12), st.lists(st.sampled_from("abcd"), max_size=12))
+@given(
+    st.lists(st.sampled_from("abcd"), max_size=12), st.lists(st.sampled_from("abcd"), max_size=12)
+)
 def test_rouge_l_is_symmetric_and_bounded(a, b):
     x, y = " ".join(a), " ".join(b)
     assert rouge_l(x, y) == pytest.approx(rouge_l(y, x))
@@ -53,16 +55,38 @@ def test_rouge_l_is_symmetric_and_bounded(a, b):
 
 def test_compute_metrics_overall_and_by_family():
     records = [
-        {"instruction": "i", "input": "", "output": "Paris.", "model_response": "paris", "family": "geo"},
-        {"instruction": "i", "input": "", "output": "a b c d", "model_response": "a b x", "family": "geo"},
-        {"instruction": "i", "input": "", "output": "4", "model_response": "five", "family": "math"},
+        {
+            "instruction": "i",
+            "input": "",
+            "output": "Paris.",
+            "model_response": "paris",
+            "family": "geo",
+        },
+        {
+            "instruction": "i",
+            "input": "",
+            "output": "a b c d",
+            "model_response": "a b x",
+            "family": "geo",
+        },
+        {
+            "instruction": "i",
+            "input": "",
+            "output": "4",
+            "model_response": "five",
+            "family": "math",
+        },
     ]
     result = compute_metrics(records)
     assert result["n"] == 3
     assert result["exact_match"] == pytest.approx(1 / 3)
     partial = 2 * (2 / 3) * (2 / 4) / (2 / 3 + 2 / 4)
     assert result["rouge_l"] == pytest.approx((1 + partial + 0) / 3)
-    assert result["groups"]["geo"] == {"n": 2, "exact_match": 0.5, "rouge_l": pytest.approx((1 + partial) / 2)}
+    assert result["groups"]["geo"] == {
+        "n": 2,
+        "exact_match": 0.5,
+        "rouge_l": pytest.approx((1 + partial) / 2),
+    }
     assert result["groups"]["math"]["exact_match"] == 0.0
     assert [s["exact_match"] for s in result["per_record"]] == [True, False, False]
     text = format_metrics(result)

@@ -94,7 +94,9 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
-def load_for_generation(spec: str, style: str | None = None, tokenizer: str | None = None, device: str = "auto"):
+def load_for_generation(
+    spec: str, style: str | None = None, tokenizer: str | None = None, device: str = "auto"
+):
     """(model in eval mode on `device`, tokenizer, prompt style) for a model spec."""
     from instructkit.model import load_pretrained
     from instructkit.tokenizer import load_tokenizer
@@ -120,7 +122,9 @@ def extract_response(style, prompt: str, generated: str) -> str:
 
 
 def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[
+        :16
+    ]
 
 
 def _load_progress(path: Path, settings: dict) -> dict[int, str]:
@@ -154,14 +158,12 @@ def generate_responses(
     progress: bool = True,
 ) -> list[dict]:
     """The records, each with `model_response`; saved (and resumed) at `out_path` when given."""
-    import torch
     from tqdm import tqdm
 
     from instructkit.generate import generate_batch
 
     if batch_size < 1 or max_new_tokens < 1:
         raise UserError("--batch-size and --max-new-tokens must be at least 1")
-    context = model.config.context_length
     prompts = [style.prompt(record) for record in records]
     prompt_ids = [tokenizer.encode(prompt) for prompt in prompts]
     settings = {
@@ -176,37 +178,38 @@ def generate_responses(
     partial = Path(f"{out_path}.partial") if out_path else None
     done = _load_progress(partial, settings) if partial else {}
     done = {i: text for i, text in done.items() if 0 <= i < len(records)}
-    todo = sorted((i for i in range(len(records)) if i not in done), key=lambda i: -len(prompt_ids[i]))
+    todo = sorted(
+        (i for i in range(len(records)) if i not in done), key=lambda i: -len(prompt_ids[i])
+    )
     if done and progress:
         print(f"resuming: {len(done)} of {len(records)} responses already generated")
 
-    truncated = 0
-    bar = tqdm(total=len(records), initial=len(done), desc="generating", unit="record", disable=not progress)
+    bar = tqdm(
+        total=len(records),
+        initial=len(done),
+        desc="generating",
+        unit="record",
+        disable=not progress,
+    )
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        # Keep every prompt inside the context, leaving room for at least one new token
-        # (the book's generate() crops the same way, keeping the most recent tokens).
-        batch_ids = [prompt_ids[i][-(context - 1) :] for i in batch]
-        truncated += sum(len(prompt_ids[i]) > context - 1 for i in batch)
-        budget = min(max_new_tokens, context - max(len(ids) for ids in batch_ids))
-        with torch.no_grad():
-            outputs = generate_batch(
-                model,
-                batch_ids,
-                budget,
-                temperature=temperature,
-                top_k=top_k,
-                eos_id=tokenizer.eos_id,
-                seed=seed,
-            )
+        # Prompts longer than the context are cropped to their last tokens, as the book does.
+        outputs = generate_batch(
+            model,
+            [prompt_ids[i] for i in batch],
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            eos_id=tokenizer.eos_id,
+            seed=seed,
+            batch_size=len(batch),
+        )
         for i, new_ids in zip(batch, outputs, strict=True):
             done[i] = extract_response(style, prompts[i], tokenizer.decode(new_ids))
         if partial:
             write_json_atomic(partial, {"settings": settings, "responses": done})
         bar.update(len(batch))
     bar.close()
-    if truncated and progress:
-        print(f"note: {truncated} prompts were longer than the context ({context}); kept their last tokens")
 
     results = [{**record, RESPONSE_KEY: done[i]} for i, record in enumerate(records)]
     if out_path:
@@ -216,11 +219,28 @@ def generate_responses(
     return results
 
 
-def respond(model, tokenizer, style, instruction: str, input_text: str = "", max_new_tokens: int = 256,
-            temperature: float = 0.0, top_k: int | None = None, seed: int | None = 123) -> str:
+def respond(
+    model,
+    tokenizer,
+    style,
+    instruction: str,
+    input_text: str = "",
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int | None = 123,
+) -> str:
     """One response to one instruction (the `--prompt` path)."""
     record = {"instruction": instruction, "input": input_text, "output": ""}
     return generate_responses(
-        model, tokenizer, style, [record], batch_size=1, max_new_tokens=max_new_tokens,
-        temperature=temperature, top_k=top_k, seed=seed, progress=False,
+        model,
+        tokenizer,
+        style,
+        [record],
+        batch_size=1,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+        progress=False,
     )[0][RESPONSE_KEY]

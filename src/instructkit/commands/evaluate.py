@@ -22,17 +22,38 @@ def register(subparsers) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--responses", required=True, help="records with model_response (the book's format)")
+    parser.add_argument(
+        "--responses", required=True, help="records with model_response (the book's format)"
+    )
     parser.add_argument("--out", help="scores file (default: scores.json beside --responses)")
-    parser.add_argument("--judge", help="BACKEND:MODEL, BACKEND one of ollama, openai (e.g. ollama:llama3)")
-    parser.add_argument("--url", help="judge server (default: http://localhost:11434 for ollama, https://api.openai.com for openai)")
-    parser.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                        help="environment variable holding the judge's API key (sent when set)")
-    parser.add_argument("--concurrency", type=int, default=1, help="judge requests in flight at once")
+    parser.add_argument(
+        "--judge", help="BACKEND:MODEL, BACKEND one of ollama, openai (e.g. ollama:llama3)"
+    )
+    parser.add_argument(
+        "--url",
+        help="judge server (default: http://localhost:11434 for ollama, https://api.openai.com for openai)",
+    )
+    parser.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the judge's API key (sent when set)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="judge requests in flight at once"
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per judge request")
-    parser.add_argument("--retries", type=int, default=3, help="extra attempts after a connection error, timeout or 5xx")
-    parser.add_argument("--response-key", default="model_response", help="field holding the response")
-    parser.add_argument("--group-key", default="family", help="field to break the metrics down by, when present")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="extra attempts after a connection error, timeout or 5xx",
+    )
+    parser.add_argument(
+        "--response-key", default="model_response", help="field holding the response"
+    )
+    parser.add_argument(
+        "--group-key", default="family", help="field to break the metrics down by, when present"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -48,15 +69,26 @@ def run(args: argparse.Namespace) -> int:
     if args.judge:
         backend, model = parse_judge_spec(args.judge)
         api_key = os.environ.get(args.api_key_env) or None
-        judge = JudgeClient(backend, model, args.url, api_key=api_key, timeout=args.timeout,
-                            retry=RetryPolicy(retries=args.retries))
+        judge = JudgeClient(
+            backend,
+            model,
+            args.url,
+            api_key=api_key,
+            timeout=args.timeout,
+            retry=RetryPolicy(retries=args.retries),
+        )
     elif args.url:
         raise UserError("--url needs --judge BACKEND:MODEL")
     out = args.out or default_scores_path(args.responses)
     try:
         doc = evaluate_responses(
-            args.responses, out, judge, concurrency=args.concurrency, response_key=args.response_key,
-            group_key=args.group_key or None, progress=not args.quiet,
+            args.responses,
+            out,
+            judge,
+            concurrency=args.concurrency,
+            response_key=args.response_key,
+            group_key=args.group_key or None,
+            progress=not args.quiet,
         )
     finally:
         if judge is not None:

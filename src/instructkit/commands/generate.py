@@ -21,18 +21,29 @@ def register(subparsers) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="run dir, model dir, preset/hub id, random:PRESET or .pth")
+    parser.add_argument(
+        "--model", required=True, help="run dir, model dir, preset/hub id, random:PRESET or .pth"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="instruction file (JSON list, JSONL or CSV)")
     source.add_argument("--prompt", help="one instruction; its response is printed")
     parser.add_argument("--input", default="", help="the optional input for --prompt")
-    parser.add_argument("--split", choices=SPLITS, default="test", help="which part of the book split of --data")
-    parser.add_argument("--out", help="responses file (default: RUN/responses.json for a run dir, else responses.json)")
-    parser.add_argument("--style", help="prompt style (default: the one saved with the model, else alpaca)")
+    parser.add_argument(
+        "--split", choices=SPLITS, default="test", help="which part of the book split of --data"
+    )
+    parser.add_argument(
+        "--out",
+        help="responses file (default: RUN/responses.json for a run dir, else responses.json)",
+    )
+    parser.add_argument(
+        "--style", help="prompt style (default: the one saved with the model, else alpaca)"
+    )
     parser.add_argument("--tokenizer", help="tokenizer spec when the model has none saved")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy decoding, as in the book")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="0 is greedy decoding, as in the book"
+    )
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
@@ -49,9 +60,15 @@ def run(args: argparse.Namespace) -> int:
     from instructkit.data import load_instructions, split_book
     from instructkit.responses import generate_responses, load_for_generation, respond
 
-    model, tokenizer, style = load_for_generation(args.model, args.style, args.tokenizer, args.device)
-    sampling = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                "top_k": args.top_k, "seed": args.seed}
+    model, tokenizer, style = load_for_generation(
+        args.model, args.style, args.tokenizer, args.device
+    )
+    sampling = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "seed": args.seed,
+    }
     if args.prompt is not None:
         print(respond(model, tokenizer, style, args.prompt, args.input, **sampling))
         return 0
@@ -62,8 +79,17 @@ def run(args: argparse.Namespace) -> int:
         records = {"train": train, "test": test, "val": val}[args.split]
     out = Path(args.out) if args.out else default_out(args.model)
     generate_responses(
-        model, tokenizer, style, records, out_path=out, batch_size=args.batch_size,
-        model_spec=args.model, progress=not args.quiet, **sampling,
+        model,
+        tokenizer,
+        style,
+        records,
+        out_path=out,
+        batch_size=args.batch_size,
+        model_spec=args.model,
+        progress=not args.quiet,
+        **sampling,
     )
-    print(f"wrote {len(records)} responses ({args.split} split of {args.data}, style {style.name}) to {out}")
+    print(
+        f"wrote {len(records)} responses ({args.split} split of {args.data}, style {style.name}) to {out}"
+    )
     return 0

@@ -19,21 +19,36 @@ def register(subparsers) -> None:
             "through the model's prompt style: the last user message is the instruction, system\n"
             "messages are the input. Replies are greedy unless a request sets a temperature.\n\n"
             "  instructkit serve --model runs/x\n"
-            "  curl localhost:8000/v1/chat/completions -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'"
+            '  curl localhost:8000/v1/chat/completions -d \'{"messages":[{"role":"user","content":"Hi"}]}\''
         ),
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="run dir, model dir, preset/hub id, random:PRESET or .pth")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback only by default)")
+    parser.add_argument(
+        "--model", required=True, help="run dir, model dir, preset/hub id, random:PRESET or .pth"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (loopback only by default)"
+    )
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", default=os.environ.get("INSTRUCTKIT_API_KEY"),
-                        help="require 'Authorization: Bearer KEY' (default: $INSTRUCTKIT_API_KEY)")
-    parser.add_argument("--name", help="model name shown to clients (default: the run or model dir name)")
-    parser.add_argument("--style", help="prompt style (default: the one saved with the model, else alpaca)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("INSTRUCTKIT_API_KEY"),
+        help="require 'Authorization: Bearer KEY' (default: $INSTRUCTKIT_API_KEY)",
+    )
+    parser.add_argument(
+        "--name", help="model name shown to clients (default: the run or model dir name)"
+    )
+    parser.add_argument(
+        "--style", help="prompt style (default: the one saved with the model, else alpaca)"
+    )
     parser.add_argument("--tokenizer", help="tokenizer spec when the model has none saved")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="reply length when a request sets none")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=256, help="reply length when a request sets none"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    parser.add_argument(
+        "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
+    )
     parser.set_defaults(run=run)
 
 
@@ -45,12 +60,23 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be from 0 to 65535, got {args.port}")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    engine = load_engine(args.model, style=args.style, tokenizer=args.tokenizer, device=args.device,
-                         name=args.name, max_new_tokens=args.max_new_tokens)
+    engine = load_engine(
+        args.model,
+        style=args.style,
+        tokenizer=args.tokenizer,
+        device=args.device,
+        name=args.name,
+        max_new_tokens=args.max_new_tokens,
+    )
     if args.host not in LOOPBACK and not args.api_key:
-        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it",
-              file=sys.stderr)
-    print(f"serving {engine.name} (style {engine.style.name}, context {engine.context_length}) "
-          f"on http://{args.host}:{args.port}", file=sys.stderr)
+        print(
+            f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it",
+            file=sys.stderr,
+        )
+    print(
+        f"serving {engine.name} (style {engine.style.name}, context {engine.context_length}) "
+        f"on http://{args.host}:{args.port}",
+        file=sys.stderr,
+    )
     run_server(engine, args.host, args.port, api_key=args.api_key, log_level=args.log_level)
     return 0

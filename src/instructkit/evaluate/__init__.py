@@ -28,7 +28,7 @@ from instructkit.evaluate.judge import (
 from instructkit.evaluate.metrics import compute_metrics, format_metrics
 from instructkit.responses import RESPONSE_KEY, load_responses, write_json_atomic
 
-__all__ = ["evaluate_responses", "format_report", "record_key", "compute_metrics", "JudgeClient"]
+__all__ = ["JudgeClient", "compute_metrics", "evaluate_responses", "format_report", "record_key"]
 
 
 def record_key(record: dict, response_key: str = RESPONSE_KEY) -> str:
@@ -48,7 +48,9 @@ def _load_previous(path: Path) -> dict:
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
         entries = {
-            entry["key"]: Judgement(entry.get("judge_score"), entry.get("judge_reply"), entry.get("judge_error"))
+            entry["key"]: Judgement(
+                entry.get("judge_score"), entry.get("judge_reply"), entry.get("judge_error")
+            )
             for entry in saved["records"]
         }
         return {"judge": (saved.get("judge") or {}).get("judge"), "entries": entries}
@@ -93,19 +95,27 @@ def evaluate_responses(
             row = {**record, **per_record[i], "key": keys[i]}
             if judge_spec:
                 j = judged[i]
-                row |= {"judge_score": j and j.score, "judge_reply": j and j.reply, "judge_error": j and j.error}
+                row |= {
+                    "judge_score": j and j.score,
+                    "judge_reply": j and j.reply,
+                    "judge_error": j and j.error,
+                }
             rows.append(row)
         doc = {"responses": str(responses_path), "metrics": metrics, "judge": None, "records": rows}
         if judge_spec:
             summary = summarize_scores(j.score if j else None for j in judged)
             summary["n_errors"] = sum(1 for j in judged if j is not None and j.error)
-            summary["n_unparsed"] = sum(1 for j in judged if j is not None and j.finished and j.score is None)
+            summary["n_unparsed"] = sum(
+                1 for j in judged if j is not None and j.finished and j.score is None
+            )
             summary["n_pending"] = sum(1 for j in judged if j is None)
             doc["judge"] = {"judge": judge_spec, "url": judge.url if judge else None, **summary}
             if "groups" in metrics:
                 groups: dict[str, list] = {}
                 for record, j in zip(records, judged, strict=True):
-                    groups.setdefault(str(record.get(group_key, "(none)")), []).append(j.score if j else None)
+                    groups.setdefault(str(record.get(group_key, "(none)")), []).append(
+                        j.score if j else None
+                    )
                 doc["judge"]["groups"] = {
                     name: {k: v for k, v in summarize_scores(scores).items() if k != "histogram"}
                     for name, scores in sorted(groups.items())
@@ -113,9 +123,15 @@ def evaluate_responses(
         return doc
 
     if judge is not None:
-        todo = {i: judge_prompt(records[i], response_key) for i in range(len(records)) if i not in entries}
+        todo = {
+            i: judge_prompt(records[i], response_key)
+            for i in range(len(records))
+            if i not in entries
+        }
         if progress and entries:
-            print(f"resuming: {len(entries)} of {len(records)} records already judged by {judge_spec}")
+            print(
+                f"resuming: {len(entries)} of {len(records)} records already judged by {judge_spec}"
+            )
 
         def on_result(index: int, judgement: Judgement) -> None:
             entries[index] = judgement
@@ -136,12 +152,18 @@ def format_report(doc: dict) -> str:
     if judge:
         lines.append(f"judge {judge['judge']}: " + format_summary(judge))
         if judge.get("n_unparsed"):
-            lines.append(f"  {judge['n_unparsed']} replies held no score from 0 to 100 (kept as judge_reply)")
+            lines.append(
+                f"  {judge['n_unparsed']} replies held no score from 0 to 100 (kept as judge_reply)"
+            )
         if judge.get("n_errors"):
             first = next(r["judge_error"] for r in doc["records"] if r.get("judge_error"))
-            lines.append(f"  {judge['n_errors']} requests failed (first: {first}); run again to retry them")
+            lines.append(
+                f"  {judge['n_errors']} requests failed (first: {first}); run again to retry them"
+            )
         if judge.get("n_pending"):
-            lines.append(f"  {judge['n_pending']} records not judged yet; pass --judge to judge them")
+            lines.append(
+                f"  {judge['n_pending']} records not judged yet; pass --judge to judge them"
+            )
         for name, group in (judge.get("groups") or {}).items():
             mean = f"{group['mean']:.2f}" if group["mean"] is not None else "-"
             lines.append(f"    {name}: {group['n_scored']} scored of {group['n']}, mean {mean}")

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Self
 
 import httpx
 
@@ -108,7 +109,7 @@ def parse_score(reply: str) -> int | None:
 
 
 def parse_judge_spec(spec: str) -> tuple[str, str]:
-    """"ollama:llama3" -> ("ollama", "llama3"); the model name may itself contain colons."""
+    """ "ollama:llama3" -> ("ollama", "llama3"); the model name may itself contain colons."""
     backend, sep, model = spec.partition(":")
     if not sep or backend not in BACKENDS or not model:
         raise UserError(
@@ -157,7 +158,7 @@ class JudgeClient:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> JudgeClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -233,7 +234,9 @@ def _read_ollama_stream(response: httpx.Response, deadline: float) -> str:
         try:
             part = json.loads(line)
         except json.JSONDecodeError:
-            raise JudgeRequestError(f"the judge sent a line that is not JSON: {line[:120]!r}") from None
+            raise JudgeRequestError(
+                f"the judge sent a line that is not JSON: {line[:120]!r}"
+            ) from None
         if not isinstance(part, dict):
             raise JudgeRequestError(f"the judge sent {line[:120]!r}, not a JSON object")
         if part.get("error"):
@@ -281,7 +284,9 @@ def judge_all(
 
     if concurrency < 1:
         raise UserError(f"--concurrency must be at least 1, got {concurrency}")
-    bar = tqdm(total=len(prompts), desc=f"judging with {client.spec}", unit="record", disable=not progress)
+    bar = tqdm(
+        total=len(prompts), desc=f"judging with {client.spec}", unit="record", disable=not progress
+    )
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge")
     pending: dict[Future, int] = {
         pool.submit(judge_one, client, prompt): index for index, prompt in prompts.items()

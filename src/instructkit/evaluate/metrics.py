@@ -62,7 +62,10 @@ def score_record(record: dict, response_key: str = "model_response") -> dict[str
     """The metrics of one record: its response against its reference output."""
     prediction = record[response_key]
     reference = record["output"]
-    return {"exact_match": exact_match(prediction, reference), "rouge_l": rouge_l(prediction, reference)}
+    return {
+        "exact_match": exact_match(prediction, reference),
+        "rouge_l": rouge_l(prediction, reference),
+    }
 
 
 def summarize(per_record: list[dict[str, float | bool]]) -> dict[str, float | int]:
@@ -98,8 +101,10 @@ def compute_metrics(
 def format_metrics(metrics: dict) -> str:
     """A few lines for the terminal: the overall numbers, then one line per group."""
     lines = [
-        f"metrics over {metrics['n']} responses: exact match {metrics['exact_match']:.1%}, "
-        f"ROUGE-L F1 {metrics['rouge_l']:.3f}"
+        (
+            f"metrics over {metrics['n']} responses: exact match {metrics['exact_match']:.1%}, "
+            f"ROUGE-L F1 {metrics['rouge_l']:.3f}"
+        )
     ]
     groups = metrics.get("groups") or {}
     if groups:

@@ -11,7 +11,15 @@ from pathlib import Path
 
 from instructkit.serve.engine import Engine, RequestError, SamplingParams, messages_to_record
 
-__all__ = ["Engine", "RequestError", "SamplingParams", "messages_to_record", "load_engine", "model_name", "run_server"]
+__all__ = [
+    "Engine",
+    "RequestError",
+    "SamplingParams",
+    "load_engine",
+    "messages_to_record",
+    "model_name",
+    "run_server",
+]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -25,16 +33,30 @@ def model_name(spec: str) -> str:
     return spec
 
 
-def load_engine(spec: str, *, style: str | None = None, tokenizer: str | None = None, device: str = "auto",
-                name: str | None = None, max_new_tokens: int = 256) -> Engine:
+def load_engine(
+    spec: str,
+    *,
+    style: str | None = None,
+    tokenizer: str | None = None,
+    device: str = "auto",
+    name: str | None = None,
+    max_new_tokens: int = 256,
+) -> Engine:
     from instructkit.responses import load_for_generation
 
-    model, tok, prompt_style = load_for_generation(spec, style=style, tokenizer=tokenizer, device=device)
+    model, tok, prompt_style = load_for_generation(
+        spec, style=style, tokenizer=tokenizer, device=device
+    )
     return Engine(model, tok, prompt_style, name or model_name(spec), max_new_tokens=max_new_tokens)
 
 
-def run_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-               log_level: str = "info") -> None:
+def run_server(
+    engine: Engine,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    log_level: str = "info",
+) -> None:
     """Serve until interrupted."""
     import uvicorn
 

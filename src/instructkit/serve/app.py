@@ -41,15 +41,21 @@ CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 class APIError(Exception):
     """An error answered as JSON in the dialect of the route it happened on."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
 
 
-def _error_response(request: Request, status: int, message: str, param=None, code=None) -> JSONResponse:
+def _error_response(
+    request: Request, status: int, message: str, param=None, code=None
+) -> JSONResponse:
     if request.url.path.startswith("/api/"):
         return JSONResponse({"error": message}, status_code=status)
-    kind = {401: "authentication_error", 404: "not_found_error"}.get(status, "invalid_request_error")
+    kind = {401: "authentication_error", 404: "not_found_error"}.get(
+        status, "invalid_request_error"
+    )
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
 
@@ -68,7 +74,9 @@ async def _json_body(request: Request) -> dict:
     return body
 
 
-def _number(body: dict, key: str, low: float, high: float, *, low_open: bool = False) -> float | None:
+def _number(
+    body: dict, key: str, low: float, high: float, *, low_open: bool = False
+) -> float | None:
     value = body.get(key)
     if value is None:
         return None
@@ -119,8 +127,14 @@ def _content(message: dict, index: int) -> str:
     if isinstance(content, list):  # OpenAI content parts: only text can be served
         texts = []
         for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise APIError(400, f"messages[{index}].content: only text parts are supported", "messages")
+            if not (
+                isinstance(part, dict)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+            ):
+                raise APIError(
+                    400, f"messages[{index}].content: only text parts are supported", "messages"
+                )
             texts.append(part["text"])
         return "".join(texts)
     raise APIError(400, f"messages[{index}].content must be a string", "messages")
@@ -131,14 +145,22 @@ def _messages(body: dict) -> list[dict]:
     if messages is None:
         raise APIError(400, "'messages' is required: a list of {role, content} objects", "messages")
     if not isinstance(messages, list) or not messages:
-        raise APIError(400, "'messages' must be a non-empty list of {role, content} objects", "messages")
+        raise APIError(
+            400, "'messages' must be a non-empty list of {role, content} objects", "messages"
+        )
     parsed = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise APIError(400, f"messages[{i}] must be an object with role and content", "messages")
+            raise APIError(
+                400, f"messages[{i}] must be an object with role and content", "messages"
+            )
         role = message.get("role")
         if role not in CHAT_ROLES:
-            raise APIError(400, f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}, got {json.dumps(role)}", "messages")
+            raise APIError(
+                400,
+                f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}, got {json.dumps(role)}",
+                "messages",
+            )
         parsed.append({"role": role, "content": _content(message, i)})
     return parsed
 
@@ -242,7 +264,9 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
             header = request.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), api_key):
-                return _error_response(request, 401, "a valid 'Authorization: Bearer <key>' header is required")
+                return _error_response(
+                    request, 401, "a valid 'Authorization: Bearer <key>' header is required"
+                )
         return await call_next(request)
 
     @app.get("/health")
@@ -273,20 +297,28 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
         params = _openai_params(body, context)
         stream = _flag(body, "stream", False)
         stream_options = body.get("stream_options")
-        include_usage = isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))
+        include_usage = isinstance(stream_options, dict) and bool(
+            stream_options.get("include_usage")
+        )
         gen = _start(lambda: engine.chat(messages, params))
-        base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name}
+        base = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "created": int(time.time()),
+            "model": engine.name,
+        }
         if not stream:
             text = await run_in_threadpool(gen.run)
             return {
                 **base,
                 "object": "chat.completion",
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": gen.finish_reason,
-                    "logprobs": None,
-                }],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": gen.finish_reason,
+                        "logprobs": None,
+                    }
+                ],
                 "usage": _usage(gen),
                 "system_fingerprint": None,
             }
@@ -295,7 +327,12 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
             chunk = {**base, "object": "chat.completion.chunk"}
 
             def choice(delta: dict, finish: str | None) -> dict:
-                return {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+                return {
+                    **chunk,
+                    "choices": [
+                        {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                    ],
+                }
 
             yield _sse(choice({"role": "assistant", "content": ""}, None))
             for piece in gen:
@@ -312,14 +349,22 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
         body = await _json_body(request)
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        if (
+            not isinstance(prompts, list)
+            or not prompts
+            or not all(isinstance(p, str) for p in prompts)
+        ):
             raise APIError(400, "'prompt' is required: a string or a list of strings", "prompt")
         params = _openai_params(body, context)
         stream = _flag(body, "stream", False)
         echo = _flag(body, "echo", False)
         gens = [_start(lambda p=p: engine.complete(p, params)) for p in prompts]
-        base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
-                "created": int(time.time()), "model": engine.name}
+        base = {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": engine.name,
+        }
 
         def usage() -> dict:
             counts = [_usage(g) for g in gens]
@@ -328,14 +373,24 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
         if not stream:
             texts = [await run_in_threadpool(g.run) for g in gens]
             choices = [
-                {"index": i, "text": (g.prompt if echo else "") + text, "logprobs": None, "finish_reason": g.finish_reason}
+                {
+                    "index": i,
+                    "text": (g.prompt if echo else "") + text,
+                    "logprobs": None,
+                    "finish_reason": g.finish_reason,
+                }
                 for i, (g, text) in enumerate(zip(gens, texts, strict=True))
             ]
             return {**base, "choices": choices, "usage": usage()}
 
         def events() -> Iterator[str]:
             def choice(i: int, text: str, finish: str | None) -> dict:
-                return {**base, "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": finish}]}
+                return {
+                    **base,
+                    "choices": [
+                        {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
+                    ],
+                }
 
             for i, gen in enumerate(gens):
                 if echo:
@@ -355,20 +410,26 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
 
     @app.get("/api/tags")
     def tags():
-        return {"models": [{
-            "name": engine.name,
-            "model": engine.name,
-            "modified_at": datetime.fromtimestamp(created, UTC).isoformat().replace("+00:00", "Z"),
-            "size": details["size"],
-            "digest": uuid.uuid5(uuid.NAMESPACE_URL, engine.name).hex,
-            "details": {
-                "format": "safetensors",
-                "family": "gpt2",
-                "families": ["gpt2"],
-                "parameter_size": details["parameter_size"],
-                "quantization_level": details["dtype"].upper(),
-            },
-        }]}
+        return {
+            "models": [
+                {
+                    "name": engine.name,
+                    "model": engine.name,
+                    "modified_at": datetime.fromtimestamp(created, UTC)
+                    .isoformat()
+                    .replace("+00:00", "Z"),
+                    "size": details["size"],
+                    "digest": uuid.uuid5(uuid.NAMESPACE_URL, engine.name).hex,
+                    "details": {
+                        "format": "safetensors",
+                        "family": "gpt2",
+                        "families": ["gpt2"],
+                        "parameter_size": details["parameter_size"],
+                        "quantization_level": details["dtype"].upper(),
+                    },
+                }
+            ]
+        }
 
     def ollama_reply(gen: Generation, stream: bool, field: str) -> dict | StreamingResponse:
         """One object, or NDJSON pieces then a final object with the counts."""
@@ -380,13 +441,32 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
             return {"response": text}
 
         if not stream:
-            return {"model": engine.name, "created_at": _now_iso(), **piece(gen.run()),
-                    **_ollama_final(gen, started)}
+            return {
+                "model": engine.name,
+                "created_at": _now_iso(),
+                **piece(gen.run()),
+                **_ollama_final(gen, started),
+            }
 
         def lines() -> Iterator[str]:
             for text in gen:
-                yield json.dumps({"model": engine.name, "created_at": _now_iso(), **piece(text), "done": False}) + "\n"
-            final = {"model": engine.name, "created_at": _now_iso(), **piece(""), **_ollama_final(gen, started)}
+                yield (
+                    json.dumps(
+                        {
+                            "model": engine.name,
+                            "created_at": _now_iso(),
+                            **piece(text),
+                            "done": False,
+                        }
+                    )
+                    + "\n"
+                )
+            final = {
+                "model": engine.name,
+                "created_at": _now_iso(),
+                **piece(""),
+                **_ollama_final(gen, started),
+            }
             yield json.dumps(final) + "\n"
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
@@ -412,7 +492,13 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
         params = _ollama_params(body, context)
         stream = _flag(body, "stream", True)
         if not prompt:  # Ollama's way to load a model: answer done at once
-            return {"model": engine.name, "created_at": _now_iso(), "response": "", "done": True, "done_reason": "load"}
+            return {
+                "model": engine.name,
+                "created_at": _now_iso(),
+                "response": "",
+                "done": True,
+                "done_reason": "load",
+            }
         if _flag(body, "raw", False):
             gen = _start(lambda: engine.complete(prompt, params))
         else:

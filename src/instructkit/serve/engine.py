@@ -43,7 +43,9 @@ def messages_to_record(messages: list[dict]) -> dict:
     """Chat messages -> {"instruction", "input"} (see the module docstring for the rule)."""
     users = [m["content"] for m in messages if m["role"] == "user"]
     if not users:
-        raise RequestError("messages must contain at least one message with role 'user'", "messages")
+        raise RequestError(
+            "messages must contain at least one message with role 'user'", "messages"
+        )
     system = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
     return {"instruction": users[-1], "input": system.strip()}
 
@@ -56,15 +58,24 @@ class Generation:
     never include text that might still turn out to be part of a stop sequence.
     """
 
-    def __init__(self, engine: Engine, prompt: str, prompt_ids: list[int], max_tokens: int,
-                 params: SamplingParams, chat: bool):
+    def __init__(
+        self,
+        engine: Engine,
+        prompt: str,
+        prompt_ids: list[int],
+        max_tokens: int,
+        params: SamplingParams,
+        chat: bool,
+    ):
         self.engine = engine
         self.prompt = prompt
         self.prompt_ids = prompt_ids
         self.max_tokens = max_tokens
         self.params = params
         self.chat = chat
-        self.stops = [s for s in params.stop if s] + (list(engine.style.stop_strings) if chat else [])
+        self.stops = [s for s in params.stop if s] + (
+            list(engine.style.stop_strings) if chat else []
+        )
         self.finish_reason: str | None = None
         self.completion_tokens = 0
         self.text = ""
@@ -85,8 +96,14 @@ class Generation:
 
         engine, p = self.engine, self.params
         tokens = stream(
-            engine.model, self.prompt_ids, self.max_tokens, temperature=p.temperature,
-            top_k=p.top_k, top_p=p.top_p, eos_id=engine.tokenizer.eos_id, seed=p.seed,
+            engine.model,
+            self.prompt_ids,
+            self.max_tokens,
+            temperature=p.temperature,
+            top_k=p.top_k,
+            top_p=p.top_p,
+            eos_id=engine.tokenizer.eos_id,
+            seed=p.seed,
         )
         ids: list[int] = []
         emitted = ""
