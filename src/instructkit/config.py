@@ -64,6 +64,8 @@ class FinetuneConfig:
     """Final learning rate of the cosine schedule, as a fraction of lr."""
     grad_clip: float | None = None
     """Clip the gradient norm to this value (the book's appendix D uses 1.0); off when unset."""
+    dropout: float | None = None
+    """Dropout rate while training; unset keeps the model's own (0.0 for GPT-2, as in the book)."""
 
     allowed_max_length: int | None = 1024
     """Truncate examples to this many tokens (capped at the model's context length)."""
@@ -135,6 +137,10 @@ class FinetuneConfig:
             f"grad_clip: must be positive, got {self.grad_clip}",
         )
         check(
+            self.dropout is None or 0 <= self.dropout < 1,
+            f"dropout: must be in [0, 1), got {self.dropout}",
+        )
+        check(
             self.allowed_max_length is None or self.allowed_max_length >= 2,
             f"allowed_max_length: must be at least 2, got {self.allowed_max_length}",
         )
@@ -190,23 +196,26 @@ def field_help(cls: type) -> dict[str, str]:
     return helps
 
 
-def config_from_dict(values: dict[str, Any], source: str = "config") -> FinetuneConfig:
-    """Build a FinetuneConfig, naming unknown keys and wrong types instead of failing on them."""
+def check_values(values: dict[str, Any], source: str | None = None) -> None:
+    """Reject unknown settings and values of the wrong type, naming `source` (a file)."""
+    prefix = f"{source}: " if source else ""
     known = {f.name: f for f in fields(FinetuneConfig)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise UserError([f"{source}: unknown setting {key!r}" for key in unknown])
-    problems = []
+    problems = [f"{prefix}unknown setting {key!r}" for key in sorted(set(values) - set(known))]
     for key, value in values.items():
-        expected = known[key].type
-        if not _type_ok(value, str(expected)):
-            problems.append(f"{source}: {key} should be {expected}, got {value!r}")
+        if key in known and not _type_ok(value, str(known[key].type)):
+            problems.append(f"{prefix}{key} should be {known[key].type}, got {value!r}")
     if problems:
         raise UserError(problems)
+
+
+def config_from_dict(values: dict[str, Any], source: str | None = None) -> FinetuneConfig:
+    """Build a FinetuneConfig, naming unknown keys and wrong types instead of failing on them."""
+    check_values(values, source)
+    prefix = f"{source}: " if source else ""
     try:
         return FinetuneConfig(**values)
     except UserError as error:
-        raise UserError([f"{source}: {problem}" for problem in error.problems]) from None
+        raise UserError([f"{prefix}{problem}" for problem in error.problems]) from None
 
 
 def _type_ok(value: Any, annotation: str) -> bool:

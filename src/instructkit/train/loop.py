@@ -160,17 +160,18 @@ def _finetune(
     torch.manual_seed(config.seed)
     train_records, val_records = load_splits(config, records)
 
-    tokenizer = resolve_tokenizer(config, tokenizer)
-    model, tokenizer = load_pretrained(config.model, tokenizer=tokenizer, seed=config.seed)
+    model, tokenizer = load_pretrained(
+        config.model,
+        tokenizer=tokenizer if tokenizer is not None else config.tokenizer,
+        seed=config.seed,
+    )
     if tokenizer is None:
         raise ModelError(
             f"model {config.model!r} comes without a tokenizer; pass one with --tokenizer"
         )
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ModelError(
-            f"tokenizer has {tokenizer.vocab_size} tokens but model {config.model!r} only "
-            f"{model.config.vocab_size} embeddings"
-        )
+    model_dropout = model.config.drop_rate
+    if config.dropout is not None:
+        model.set_dropout(config.dropout)
     context_length = model.config.context_length
     max_length = min(config.allowed_max_length or context_length, context_length)
 
@@ -279,27 +280,11 @@ def _finetune(
             lr = scheduler.get_last_lr()[0]
             tick = time.perf_counter()
 
-            # Count the step's target tokens first: the loss is their mean over all ranks.
-            local_tokens = sum(batch.num_target_tokens for batch in micro)
-            (step_tokens,) = distributed.sum_across([local_tokens], info, device)
-            scale = info.world_size / max(step_tokens, 1.0)  # DDP averages over ranks
-            loss_sum = torch.zeros((), device=device)
-            model.train()
-            for i, batch in enumerate(micro):
-                batch = batch.to(device)
-                last = i == len(micro) - 1
-                sync = (
-                    contextlib.nullcontext() if last or not info.enabled else train_module.no_sync()
-                )
-                with sync:
-                    with autocast:
-                        batch_loss = train_module(
-                            batch.input_ids, batch.targets, batch.position_ids, batch.segment_ids
-                        )
-                    (batch_loss * scale).backward()
-                loss_sum += batch_loss.detach().float()
+            local_loss, step_tokens = accumulate_gradients(
+                train_module, micro, info, device, autocast
+            )
             global_loss_sum, stop_votes = distributed.sum_across(
-                [loss_sum.item(), float(stop.requested)], info, device
+                [local_loss, float(stop.requested)], info, device
             )
             step_loss = global_loss_sum / max(step_tokens, 1.0)
             if not math.isfinite(step_loss):
@@ -382,6 +367,7 @@ def _finetune(
             save_adapter(model, out / "adapter.safetensors")
             merge_lora(model)
         model.eval()
+        model.set_dropout(model_dropout)  # a training choice, not part of the saved model
         save_pretrained(
             model,
             tokenizer,
@@ -479,16 +465,6 @@ def load_splits(config: FinetuneConfig, records: list[dict] | None) -> tuple[lis
     return train, val
 
 
-def resolve_tokenizer(config: FinetuneConfig, tokenizer: Any) -> Any:
-    from instructkit.tokenizer import Tokenizer, as_tokenizer, load_tokenizer
-
-    if tokenizer is not None:
-        return tokenizer if isinstance(tokenizer, Tokenizer) else as_tokenizer(tokenizer)
-    if config.tokenizer:
-        return load_tokenizer(config.tokenizer)
-    return None
-
-
 def use_bf16(config: FinetuneConfig, device: torch.device) -> bool:
     if config.precision == "bf16" and device.type != "cuda":
         raise UserError(f"precision: bf16 autocast needs a CUDA device, this run uses {device}")
@@ -496,6 +472,36 @@ def use_bf16(config: FinetuneConfig, device: torch.device) -> bool:
 
 
 # ---- loop helpers -----------------------------------------------------------------------
+
+
+def accumulate_gradients(
+    train_module: nn.Module, micro: list, info: distributed.Dist, device, autocast
+) -> tuple[float, float]:
+    """Backward over one optimizer step's micro-batches; the gradient is that of the mean
+    loss over all target tokens of the step on all ranks.
+
+    The step's target tokens are counted first (summed over ranks), each micro-batch's
+    summed loss is divided by that count, and DDP's averaging over ranks is undone by
+    `world_size`; gradients sync once, on the last micro-batch. Returns this rank's loss
+    sum and the global target count.
+    """
+    local_tokens = sum(batch.num_target_tokens for batch in micro)
+    (step_tokens,) = distributed.sum_across([local_tokens], info, device)
+    scale = info.world_size / max(step_tokens, 1.0)
+    loss_sum = torch.zeros((), device=device)
+    train_module.train()
+    for i, batch in enumerate(micro):
+        batch = batch.to(device)
+        last = i == len(micro) - 1
+        sync = contextlib.nullcontext() if last or not info.enabled else train_module.no_sync()
+        with sync:
+            with autocast:
+                batch_loss = train_module(
+                    batch.input_ids, batch.targets, batch.position_ids, batch.segment_ids
+                )
+            (batch_loss * scale).backward()
+        loss_sum += batch_loss.detach().float()
+    return loss_sum.item(), step_tokens
 
 
 def open_epoch(loader, position: Position, rng: dict | None) -> Iterator:

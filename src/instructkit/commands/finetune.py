@@ -1,0 +1,123 @@
+"""`instructkit finetune`: fine-tune a GPT on an instruction file into a run directory.
+
+Every `FinetuneConfig` field is a flag (`--batch-size` for `batch_size`), its help text
+the field's docstring. Settings resolve as: the dataclass defaults, then `--config
+FILE.yaml`, then the flags given; with `--resume` the run's own config.yaml takes the
+place of the defaults, so `instructkit finetune --out runs/NAME --resume` is enough.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+from instructkit.commands import HelpFormatter
+from instructkit.config import LR_SCHEDULES, PRECISIONS, SPLITS, FinetuneConfig, field_help
+
+DESCRIPTION = """\
+Fine-tune a GPT model on instruction/input/output records (the book's chapter 7).
+
+Prints the initial training and validation loss, then a progress bar; writes
+config.yaml, metrics.jsonl, loss.png, checkpoints/step-N/ and model/ (Hugging Face
+GPT-2 layout, LoRA merged) into --out. Multi-process: torchrun --nproc_per_node N
+-m instructkit finetune ... (--batch-size is per process).
+
+examples:
+  instructkit finetune --data instruction-data.json --model gpt2-medium --out runs/book
+  instructkit finetune --data data.json --model gpt2 --out runs/lora --lora-rank 16 --lr 1e-4
+  instructkit finetune --out runs/book --resume
+"""
+
+METAVARS = {"data": "FILE", "out": "DIR", "model": "SPEC", "tokenizer": "SPEC"}
+CHOICES = {"split": SPLITS, "lr_schedule": LR_SCHEDULES, "precision": PRECISIONS}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a model on an instruction file",
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "--config", metavar="FILE.yaml", help="read settings from YAML (flags override it)"
+    )
+    helps = field_help(FinetuneConfig)
+    for field in dataclasses.fields(FinetuneConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = "required" if field.default == "" else f"default: {field.default}"
+        text = f"{helps[field.name]} ({default})".replace("%", "%%")
+        annotation = str(field.type)
+        if annotation == "bool":
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
+            )
+            continue
+        parser.add_argument(
+            flag,
+            type=value_parser(annotation),
+            default=argparse.SUPPRESS,
+            choices=CHOICES.get(field.name),
+            metavar=METAVARS.get(field.name, field.name.split("_")[-1].upper()),
+            help=text,
+        )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the run artifacts already in --out"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def value_parser(annotation: str):
+    """argparse type for a field annotated like 'int | None' ('none' gives None)."""
+    kinds = [part.strip() for part in annotation.split("|")]
+    base = {"int": int, "float": float, "str": str}[kinds[0]]
+
+    def parse(text: str):
+        if "None" in kinds and text.lower() == "none":
+            return None
+        return base(text)
+
+    parse.__name__ = kinds[0]  # argparse names the type in "invalid int value" messages
+    return parse
+
+
+def run(args: argparse.Namespace) -> int:
+    from instructkit.config import check_values, config_from_dict, load_config
+    from instructkit.errors import UserError
+    from instructkit.train import finetune
+
+    values: dict = {}
+    if args.resume:
+        if "out" not in args:
+            raise UserError("--resume needs --out RUN_DIR, the run to continue")
+        saved = Path(args.out) / "config.yaml"
+        if not saved.is_file():
+            raise UserError(f"{args.out}: nothing to resume (no config.yaml in the run directory)")
+        values.update(load_config(saved))
+    if args.config:
+        from_file = load_config(args.config)
+        check_values(from_file, source=args.config)
+        values.update(from_file)
+    names = [f.name for f in dataclasses.fields(FinetuneConfig)]
+    values.update({name: getattr(args, name) for name in names if name in args})
+    config = config_from_dict(values)
+
+    result = finetune(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"Fine-tuned {result.steps} steps ({result.epochs:.2f} epochs, "
+            f"{result.tokens_seen:,} target tokens) in {result.elapsed_s:.1f} s; "
+            f"final train loss {_fmt(result.train_loss)}, val loss {_fmt(result.val_loss)}"
+        )
+        print(f"Run directory: {result.out_dir}")
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,269 @@
+"""The training loop: schedule, exact loss over accumulated micro-batches, a real run,
+bitwise resume after SIGKILL, NaN stop, run-dir protection."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+import torch
+
+from instructkit.config import FinetuneConfig
+from instructkit.data import InstructionCollator, InstructionDataset, format_input
+from instructkit.errors import UserError
+from instructkit.model import GPTConfig, GPTModel
+from instructkit.tokenizer import train_tokenizer
+from instructkit.train import DivergedError, finetune
+from instructkit.train.distributed import Dist
+from instructkit.train.loop import LossModule, accumulate_gradients, read_metrics
+from instructkit.train.schedule import lr_factor
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def addition_records(n: int = 48, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    records = []
+    for _ in range(n):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        records.append(
+            {"instruction": "Add the two numbers.", "input": f"{a} + {b}", "output": str(a + b)}
+        )
+    return records
+
+
+@pytest.fixture(scope="module")
+def records() -> list[dict]:
+    return addition_records()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(records):
+    return train_tokenizer([format_input(r) + r["output"] for r in records], vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def data_files(records, tokenizer, tmp_path_factory) -> tuple[Path, Path]:
+    """The records as a JSON file and the tokenizer as a directory, for subprocess runs."""
+    directory = tmp_path_factory.mktemp("data")
+    (directory / "records.json").write_text(json.dumps(records))
+    tokenizer.save(directory / "tokenizer")
+    return directory / "records.json", directory / "tokenizer"
+
+
+def tiny_config(out: Path, **overrides) -> FinetuneConfig:
+    values = dict(
+        data="memory",
+        out=str(out),
+        model="random:tiny",
+        batch_size=4,
+        lr=3e-3,
+        max_steps=6,
+        eval_every=3,
+        eval_batches=2,
+        save_every=3,
+    )
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
+# ---- schedule ---------------------------------------------------------------------------
+
+
+def test_schedule_warmup_then_cosine():
+    assert [lr_factor(s, 10) for s in range(10)] == [1.0] * 10  # the book: constant
+    warm = [
+        lr_factor(s, 10, warmup_steps=4, schedule="cosine", min_lr_ratio=0.1) for s in range(11)
+    ]
+    assert warm[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert warm[4] == 1.0 and warm[10] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(warm[4:], warm[5:]))  # decays monotonically
+    assert warm[7] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+# ---- the loss of an accumulated step ----------------------------------------------------
+
+
+@pytest.mark.parametrize("mask_prompt,pack", [(False, False), (True, False), (True, True)])
+def test_accumulated_micro_batches_equal_one_big_batch(records, tokenizer, mask_prompt, pack):
+    examples = InstructionDataset(records[:8], tokenizer).examples
+    collator = InstructionCollator(
+        tokenizer.eos_id, allowed_max_length=128, mask_prompt=mask_prompt, pack=pack
+    )
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(tokenizer.vocab_size, 128, 32, 2, 2))
+    module = LossModule(model)
+
+    def gradients(micro):
+        model.zero_grad()
+        loss, tokens = accumulate_gradients(
+            module, micro, Dist(), torch.device("cpu"), nullcontext()
+        )
+        return loss / tokens, [p.grad.clone() for p in model.parameters()]
+
+    one_loss, one = gradients([collator(examples)])
+    four_loss, four = gradients([collator(examples[i : i + 2]) for i in range(0, 8, 2)])
+    assert four_loss == pytest.approx(one_loss, rel=1e-6)
+    for a, b in zip(one, four, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+    # The book's way (mean per micro-batch, averaged) gives a different gradient whenever
+    # micro-batches hold different numbers of target tokens: the test can tell them apart.
+    model.zero_grad()
+    for i in range(0, 8, 2):
+        batch = collator(examples[i : i + 2])
+        (
+            model.loss(batch.input_ids, batch.targets, batch.position_ids, batch.segment_ids) / 4
+        ).backward()
+    book = [p.grad.clone() for p in model.parameters()]
+    assert not all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(one, book))
+
+
+# ---- a run through the library entry ----------------------------------------------------
+
+
+def test_finetune_learns_and_logs(records, tokenizer, tmp_path, capsys):
+    config = tiny_config(
+        tmp_path / "run", max_steps=12, eval_every=4, save_every=5, keep_checkpoints=2
+    )
+    result = finetune(config, records=records, tokenizer=tokenizer, progress=False)
+    printed = capsys.readouterr().out
+    assert "Training loss:" in printed and "Validation loss:" in printed
+
+    assert result.steps == 12 and result.model_dir == tmp_path / "run" / "model"
+    assert result.train_loss < result.initial_train_loss - 0.5  # it learns
+    assert result.val_loss < result.initial_val_loss
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [row["step"] for row in rows] == list(range(13))
+    assert set(rows[1]) == {
+        "step",
+        "epoch",
+        "tokens_seen",
+        "train_loss",
+        "val_loss",
+        "lr",
+        "tokens_per_s",
+    }
+    assert [row["step"] for row in rows if row["val_loss"] is not None] == [0, 4, 8, 12]
+    # 40 training records / batch 4 = 10 batches per epoch: step 12 is 1.2 epochs
+    assert rows[-1]["epoch"] == pytest.approx(1.2)
+    assert rows[-1]["tokens_seen"] == result.tokens_seen > 0
+    assert all(row["tokens_per_s"] > 0 for row in rows[1:])
+    assert rows[1]["lr"] == 3e-3
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["step-10", "step-12"]  # every 5, the end, keep the last 2
+
+
+def test_refuses_a_non_empty_run_dir(records, tokenizer, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty; pass --resume .* or --overwrite"):
+        finetune(
+            tiny_config(out, max_steps=1), records=records, tokenizer=tokenizer, progress=False
+        )
+    with pytest.raises(UserError, match="nothing to resume"):
+        finetune(tiny_config(out, max_steps=1), records=records, tokenizer=tokenizer, resume=True)
+    finetune(
+        tiny_config(out, max_steps=1),
+        records=records,
+        tokenizer=tokenizer,
+        overwrite=True,
+        progress=False,
+    )
+    assert (out / "notes.txt").read_text() == "mine"  # --overwrite replaces run artifacts only
+    with pytest.raises(UserError, match=r"cannot resume with a different setting \(lr:"):
+        finetune(
+            tiny_config(out, max_steps=2, lr=1.0), records=records, tokenizer=tokenizer, resume=True
+        )
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(records, tokenizer, tmp_path):
+    # lr 1e30 makes the first update explode the weights: step 2's loss is not finite
+    config = tiny_config(tmp_path / "run", lr=1e30, save_every=1, eval_every=0)
+    with pytest.raises(DivergedError, match=r"at step 2; .* checkpoint is .*step-1"):
+        finetune(config, records=records, tokenizer=tokenizer, progress=False)
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-1"]
+
+
+# ---- exact resume -----------------------------------------------------------------------
+
+RUNNER = """
+import json, sys
+from instructkit.config import config_from_dict
+from instructkit.train import finetune
+finetune(config_from_dict(json.loads(sys.argv[1])), resume=sys.argv[2] == "resume", progress=False)
+"""
+
+
+def start_run(config: dict, mode: str, delay: float = 0.0) -> subprocess.Popen:
+    env = {**os.environ, "INSTRUCTKIT_TEST_STEP_DELAY": str(delay), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, json.dumps(config), mode],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run / "model" / "model.safetensors")
+
+
+def test_killed_and_resumed_run_is_bitwise_identical(data_files, tmp_path):
+    data, tokenizer_dir = data_files
+    # 10 micro-batches = 5 steps per epoch: the kill after step 3 is mid-epoch and the
+    # resumed run crosses into epoch 2; dropout, grad accumulation and a schedule make the
+    # RNG state, the data position and the scheduler matter.
+    common = dict(
+        data=str(data),
+        tokenizer=str(tokenizer_dir),
+        model="random:tiny",
+        batch_size=4,
+        grad_accum=2,
+        max_steps=8,
+        eval_every=4,
+        eval_batches=1,
+        save_every=3,
+        dropout=0.1,
+        lr=3e-3,
+        lr_schedule="cosine",
+        warmup_steps=2,
+    )
+    out = tmp_path / "b"
+    straight = start_run({**common, "out": str(tmp_path / "a")}, "fresh")
+    killed = start_run({**common, "out": str(out)}, "fresh", delay=0.5)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "step-3").exists():
+        assert killed.poll() is None and time.monotonic() < deadline, killed.stdout.read()
+        time.sleep(0.05)
+    while len(read_metrics(out / "metrics.jsonl")) < 5:  # a step past the checkpoint ...
+        assert killed.poll() is None and time.monotonic() < deadline, killed.stdout.read()
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)  # ... which the resumed run must discard and redo
+    killed.wait()
+    assert not (out / "model").exists()
+    assert straight.wait(timeout=120) == 0, straight.stdout.read()
+    resumed = start_run({**common, "out": str(out)}, "resume")
+    assert resumed.wait(timeout=120) == 0, resumed.stdout.read()
+
+    a, b = final_weights(tmp_path / "a"), final_weights(out)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    keys = ("step", "epoch", "tokens_seen", "train_loss", "val_loss", "lr")
+    rows_a = [{k: row[k] for k in keys} for row in read_metrics(tmp_path / "a" / "metrics.jsonl")]
+    rows_b = [{k: row[k] for k in keys} for row in read_metrics(out / "metrics.jsonl")]
+    assert rows_a == rows_b and len(rows_a) == 9
