@@ -3,6 +3,7 @@ bitwise resume after SIGKILL, NaN stop, run-dir protection."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -61,17 +62,17 @@ def data_files(records, tokenizer, tmp_path_factory) -> tuple[Path, Path]:
 
 
 def tiny_config(out: Path, **overrides) -> FinetuneConfig:
-    values = dict(
-        data="memory",
-        out=str(out),
-        model="random:tiny",
-        batch_size=4,
-        lr=3e-3,
-        max_steps=6,
-        eval_every=3,
-        eval_batches=2,
-        save_every=3,
-    )
+    values = {
+        "data": "memory",
+        "out": str(out),
+        "model": "random:tiny",
+        "batch_size": 4,
+        "lr": 3e-3,
+        "max_steps": 6,
+        "eval_every": 3,
+        "eval_batches": 2,
+        "save_every": 3,
+    }
     values.update(overrides)
     return FinetuneConfig(**values)
 
@@ -86,7 +87,7 @@ def test_schedule_warmup_then_cosine():
     ]
     assert warm[:4] == [0.25, 0.5, 0.75, 1.0]
     assert warm[4] == 1.0 and warm[10] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(warm[4:], warm[5:]))  # decays monotonically
+    assert all(a >= b for a, b in itertools.pairwise(warm[4:]))  # decays monotonically
     assert warm[7] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
 
 
@@ -227,21 +228,21 @@ def test_killed_and_resumed_run_is_bitwise_identical(data_files, tmp_path):
     # 10 micro-batches = 5 steps per epoch: the kill after step 3 is mid-epoch and the
     # resumed run crosses into epoch 2; dropout, grad accumulation and a schedule make the
     # RNG state, the data position and the scheduler matter.
-    common = dict(
-        data=str(data),
-        tokenizer=str(tokenizer_dir),
-        model="random:tiny",
-        batch_size=4,
-        grad_accum=2,
-        max_steps=8,
-        eval_every=4,
-        eval_batches=1,
-        save_every=3,
-        dropout=0.1,
-        lr=3e-3,
-        lr_schedule="cosine",
-        warmup_steps=2,
-    )
+    common = {
+        "data": str(data),
+        "tokenizer": str(tokenizer_dir),
+        "model": "random:tiny",
+        "batch_size": 4,
+        "grad_accum": 2,
+        "max_steps": 8,
+        "eval_every": 4,
+        "eval_batches": 1,
+        "save_every": 3,
+        "dropout": 0.1,
+        "lr": 3e-3,
+        "lr_schedule": "cosine",
+        "warmup_steps": 2,
+    }
     out = tmp_path / "b"
     straight = start_run({**common, "out": str(tmp_path / "a")}, "fresh")
     killed = start_run({**common, "out": str(out)}, "fresh", delay=0.5)
