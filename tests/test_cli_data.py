@@ -40,13 +40,19 @@ def test_invalid_file_exits_2_with_one_line_per_problem(capsys, bad_file):
     assert code == 2
     assert out == ""
     assert err.splitlines() == [
-        f"error: {bad_file}: record index 1, field 'instruction': is empty; "
-        "every record needs a non-empty instruction",
+        (
+            f"error: {bad_file}: record index 1, field 'instruction': is empty; "
+            "every record needs a non-empty instruction"
+        ),
         f"error: {bad_file}: record index 2, field 'input': is a number, expected a string",
-        f"error: {bad_file}: record index 2, field 'output': is null; "
-        "every record needs a non-empty output",
-        f"error: {bad_file}: record index 3: is a string, expected an object with "
-        "instruction, input, output",
+        (
+            f"error: {bad_file}: record index 2, field 'output': is null; "
+            "every record needs a non-empty output"
+        ),
+        (
+            f"error: {bad_file}: record index 3: is a string, expected an object with "
+            "instruction, input, output"
+        ),
     ]
 
 
@@ -62,7 +68,10 @@ def test_many_problems_show_the_first_20_then_a_count(capsys, tmp_path):
 def test_process_exit_code_and_no_traceback(bad_file):
     result = subprocess.run(
         [sys.executable, "-m", "instructkit", "data", "inspect", str(bad_file)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -82,10 +91,18 @@ def test_bad_options_exit_2(capsys, example_records_path, option, message):
     assert code == 2 and err.startswith(message)
 
 
-def test_report_with_a_local_tokenizer(capsys, example_records_path, example_records,
-                                       small_tokenizer, small_tokenizer_dir):
-    code, out, _ = run(capsys, "inspect", example_records_path, "--tokenizer",
-                       small_tokenizer_dir, "--allowed-max-length", "60")
+def test_report_with_a_local_tokenizer(
+    capsys, example_records_path, example_records, small_tokenizer, small_tokenizer_dir
+):
+    code, out, _ = run(
+        capsys,
+        "inspect",
+        example_records_path,
+        "--tokenizer",
+        small_tokenizer_dir,
+        "--allowed-max-length",
+        "60",
+    )
     assert code == 0
     assert f"{example_records_path}: 20 records, all valid" in out
     assert "book split (train/test/val): 17/2/1" in out
@@ -95,41 +112,64 @@ def test_report_with_a_local_tokenizer(capsys, example_records_path, example_rec
     assert 0 < empty < truncated
     prompts = sorted(example.prompt_length for example in examples)
     for line in (
-        f"  prompt:   min {prompts[0]}, mean {sum(prompts) / 20:.1f}, p95 {prompts[18]}, "
-        f"max {prompts[-1]}",
+        (
+            f"  prompt:   min {prompts[0]}, mean {sum(prompts) / 20:.1f}, p95 {prompts[18]}, "
+            f"max {prompts[-1]}"
+        ),
         "  longer than the context length 1024: 0",
         f"  truncated to 60 tokens: {truncated} (",
         f"  training on zero tokens with mask_prompt: {empty}",
-        "  random:", "  length-grouped:", "  packed:",
+        "  random:",
+        "  length-grouped:",
+        "  packed:",
     ):
         assert line in out
 
 
 def test_show_labels_and_plot(capsys, example_records_path, small_tokenizer_dir, tmp_path):
     plot = tmp_path / "lengths.png"
-    code, out, _ = run(capsys, "inspect", example_records_path, "--tokenizer",
-                       small_tokenizer_dir, "--show-labels", "2", "--plot", plot)
+    code, out, _ = run(
+        capsys,
+        "inspect",
+        example_records_path,
+        "--tokenizer",
+        small_tokenizer_dir,
+        "--show-labels",
+        "2",
+        "--plot",
+        plot,
+    )
     assert code == 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.count("\nexample ") == 2
-    labels = [line.split()[-1] for line in out.splitlines() if line.startswith("  ") and
-              line.split()[0].isdigit()]
+    labels = [
+        line.split()[-1]
+        for line in out.splitlines()
+        if line.startswith("  ") and line.split()[0].isdigit()
+    ]
     assert {"prompt", "train"} <= set(labels)
     assert "'<|endoftext|>'" in out
 
 
-def test_prompt_longer_than_the_context_exits_2(capsys, example_records_path,
-                                                small_tokenizer_dir):
-    code, out, err = run(capsys, "inspect", example_records_path, "--tokenizer",
-                         small_tokenizer_dir, "--context-length", "30")
+def test_prompt_longer_than_the_context_exits_2(capsys, example_records_path, small_tokenizer_dir):
+    code, out, err = run(
+        capsys,
+        "inspect",
+        example_records_path,
+        "--tokenizer",
+        small_tokenizer_dir,
+        "--context-length",
+        "30",
+    )
     assert code == 2
     assert "padding efficiency" in out
     assert err.startswith(f"error: {example_records_path}: record index 0: prompt alone is ")
     assert "the context length is 30: no room for the response" in err
 
 
-def test_without_a_gpt2_vocabulary_record_stats_still_print(capsys, example_records_path,
-                                                            monkeypatch):
+def test_without_a_gpt2_vocabulary_record_stats_still_print(
+    capsys, example_records_path, monkeypatch
+):
     def unreachable(name):
         raise ConnectionError("no network")
 
@@ -142,8 +182,9 @@ def test_without_a_gpt2_vocabulary_record_stats_still_print(capsys, example_reco
 
 
 def test_a_missing_tokenizer_file_is_an_error(capsys, example_records_path, tmp_path):
-    code, _, err = run(capsys, "inspect", example_records_path, "--tokenizer",
-                       tmp_path / "tok.json")
+    code, _, err = run(
+        capsys, "inspect", example_records_path, "--tokenizer", tmp_path / "tok.json"
+    )
     assert code == 2 and "no such tokenizer" in err
 
 

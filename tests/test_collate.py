@@ -13,8 +13,9 @@ PAD = 50256
 IGNORE = -100
 
 
-def book_collate(batch, pad_token_id=PAD, ignore_index=IGNORE, allowed_max_length=None,
-                 device="cpu"):
+def book_collate(
+    batch, pad_token_id=PAD, ignore_index=IGNORE, allowed_max_length=None, device="cpu"
+):
     """The book's custom_collate_fn (section 7.3), verbatim: masks padding by value."""
     batch_max_length = max(len(item) + 1 for item in batch)
     inputs_lst, targets_lst = [], []
@@ -54,12 +55,15 @@ def per_item_collate(batch, pad_token_id=PAD, ignore_index=IGNORE, allowed_max_l
 def test_book_example_from_section_7_3():
     inputs_1, inputs_2, inputs_3 = [0, 1, 2, 3, 4], [5, 6], [7, 8, 9]
     inputs, targets = custom_collate_fn([inputs_1, inputs_2, inputs_3])
-    assert torch.equal(inputs, torch.tensor(
-        [[0, 1, 2, 3, 4], [5, 6, PAD, PAD, PAD], [7, 8, 9, PAD, PAD]]
-    ))
-    assert torch.equal(targets, torch.tensor(
-        [[1, 2, 3, 4, PAD], [6, PAD, IGNORE, IGNORE, IGNORE], [8, 9, PAD, IGNORE, IGNORE]]
-    ))
+    assert torch.equal(
+        inputs, torch.tensor([[0, 1, 2, 3, 4], [5, 6, PAD, PAD, PAD], [7, 8, 9, PAD, PAD]])
+    )
+    assert torch.equal(
+        targets,
+        torch.tensor(
+            [[1, 2, 3, 4, PAD], [6, PAD, IGNORE, IGNORE, IGNORE], [8, 9, PAD, IGNORE, IGNORE]]
+        ),
+    )
     assert inputs.dtype == targets.dtype == torch.long
     assert inputs.is_contiguous()
 
@@ -100,8 +104,9 @@ def test_vectorized_collate_equals_per_item_reference(batch, allowed_max_length)
 
 @settings(max_examples=200, deadline=None)
 @given(
-    batch=st.lists(st.lists(st.integers(0, PAD - 1), min_size=1, max_size=24), min_size=1,
-                   max_size=8),
+    batch=st.lists(
+        st.lists(st.integers(0, PAD - 1), min_size=1, max_size=24), min_size=1, max_size=8
+    ),
     allowed_max_length=limits,
 )
 def test_equals_the_books_code_when_text_has_no_end_of_text(batch, allowed_max_length):
@@ -136,8 +141,9 @@ def test_collator_plain_batch_equals_custom_collate_fn():
 
 def test_mask_prompt_ignores_targets_that_predict_prompt_tokens():
     # prompt = first 3 tokens; targets predicting tokens 1 and 2 are ignored.
-    result = InstructionCollator(PAD, mask_prompt=True)([Example([10, 11, 12, 13, 14], 3),
-                                                         Example([20, 21], 1)])
+    result = InstructionCollator(PAD, mask_prompt=True)(
+        [Example([10, 11, 12, 13, 14], 3), Example([20, 21], 1)]
+    )
     assert result.targets.tolist() == [
         [IGNORE, IGNORE, 13, 14, PAD],
         [21, PAD, IGNORE, IGNORE, IGNORE],
@@ -172,8 +178,9 @@ def test_pad_to_multiple_of():
 
 def test_packing_rows_positions_segments_and_boundaries():
     collator = InstructionCollator(PAD, allowed_max_length=6, mask_prompt=True, pack=True)
-    result = collator([Example([1, 2, 3, 4, 5], 2), Example([6, 7], 1), Example([8, 9, 10], 2),
-                       Example([11], 1)])
+    result = collator(
+        [Example([1, 2, 3, 4, 5], 2), Example([6, 7], 1), Example([8, 9, 10], 2), Example([11], 1)]
+    )
     # First-fit-decreasing: [1..5] + [11] fill row 0; [8,9,10] + [6,7] go to row 1.
     assert result.input_ids.tolist() == [[1, 2, 3, 4, 5, 11], [8, 9, 10, 6, 7, PAD]]
     assert result.targets.tolist() == [
@@ -206,8 +213,9 @@ def test_packing_without_limit_uses_the_longest_example_and_truncates_nothing():
 )
 def test_each_packed_segment_equals_the_example_collated_alone(examples, limit, mask_prompt):
     examples = [Example(ids, prompt) for ids, prompt in examples]
-    packed = InstructionCollator(PAD, allowed_max_length=limit, mask_prompt=mask_prompt,
-                                 pack=True)(examples)
+    packed = InstructionCollator(PAD, allowed_max_length=limit, mask_prompt=mask_prompt, pack=True)(
+        examples
+    )
     alone = InstructionCollator(PAD, allowed_max_length=limit, mask_prompt=mask_prompt)
     pieces = []
     for row in range(packed.input_ids.shape[0]):
@@ -216,8 +224,9 @@ def test_each_packed_segment_equals_the_example_collated_alone(examples, limit, 
                 continue
             where = packed.segment_ids[row] == segment
             assert packed.position_ids[row][where].tolist() == list(range(int(where.sum())))
-            pieces.append((packed.input_ids[row][where].tolist(),
-                           packed.targets[row][where].tolist()))
+            pieces.append(
+                (packed.input_ids[row][where].tolist(), packed.targets[row][where].tolist())
+            )
     expected = []
     for example in examples:
         single = alone([example])

@@ -31,9 +31,15 @@ def encoding(small_tokenizer):
     from instructkit.tokenizer import _byte_to_unicode
 
     to_byte = {char: byte for byte, char in _byte_to_unicode().items()}
-    ranks = {bytes(to_byte[c] for c in token): i for token, i in vocab.items() if token != EOS_TOKEN}
-    return tiktoken.Encoding("small", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={EOS_TOKEN: small_tokenizer.eos_id})
+    ranks = {
+        bytes(to_byte[c] for c in token): i for token, i in vocab.items() if token != EOS_TOKEN
+    }
+    return tiktoken.Encoding(
+        "small",
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={EOS_TOKEN: small_tokenizer.eos_id},
+    )
 
 
 def test_items_are_the_books_token_lists_with_a_tiktoken_encoding(example_records, encoding):
@@ -77,13 +83,19 @@ def test_token_straddling_the_boundary_counts_as_response():
 def test_the_books_training_loader_runs_unchanged(example_records, small_tokenizer):
     train_dataset = InstructionDataset(example_records, small_tokenizer)
     customized_collate_fn = partial(
-        custom_collate_fn, pad_token_id=small_tokenizer.eos_id, device="cpu",
+        custom_collate_fn,
+        pad_token_id=small_tokenizer.eos_id,
+        device="cpu",
         allowed_max_length=1024,
     )
     torch.manual_seed(123)
     train_loader = DataLoader(
-        train_dataset, batch_size=8, collate_fn=customized_collate_fn, shuffle=True,
-        drop_last=True, num_workers=0,
+        train_dataset,
+        batch_size=8,
+        collate_fn=customized_collate_fn,
+        shuffle=True,
+        drop_last=True,
+        num_workers=0,
     )
     shapes = [(inputs.shape, targets.shape) for inputs, targets in train_loader]
     assert len(shapes) == 2

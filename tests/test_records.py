@@ -104,9 +104,7 @@ def test_missing_file(tmp_path):
 
 def test_empty_file(tmp_path):
     path = write(tmp_path, "d.json", "  \n")
-    assert problems(path) == [
-        f"{path}: empty file; expected a JSON list, JSONL or CSV of records"
-    ]
+    assert problems(path) == [f"{path}: empty file; expected a JSON list, JSONL or CSV of records"]
 
 
 def test_not_utf8(tmp_path):
@@ -118,9 +116,7 @@ def test_not_utf8(tmp_path):
 
 def test_invalid_json_names_line_and_column(tmp_path):
     path = write(tmp_path, "d.json", '[\n  {"instruction": "a" "output": "b"}\n]')
-    assert problems(path) == [
-        f"{path}: line 2, column 23: invalid JSON: Expecting ',' delimiter"
-    ]
+    assert problems(path) == [f"{path}: line 2, column 23: invalid JSON: Expecting ',' delimiter"]
 
 
 def test_jsonl_content_in_json_file_gets_a_hint(tmp_path):
@@ -133,8 +129,10 @@ def test_jsonl_content_in_json_file_gets_a_hint(tmp_path):
 def test_top_level_not_a_list(tmp_path):
     path = write(tmp_path, "d.json", '{"instruction": "a", "output": "b"}')
     assert problems(path) == [
-        f"{path}: top level is an object, expected a JSON list of records "
-        "(objects with instruction, input, output)"
+        (
+            f"{path}: top level is an object, expected a JSON list of records "
+            "(objects with instruction, input, output)"
+        )
     ]
 
 
@@ -160,10 +158,14 @@ def test_missing_and_empty_required_fields_all_reported(tmp_path):
         ),
     )
     assert problems(path) == [
-        f"{path}: record index 0, field 'instruction': missing; "
-        "every record needs a non-empty instruction",
-        f"{path}: record index 1, field 'instruction': is empty; "
-        "every record needs a non-empty instruction",
+        (
+            f"{path}: record index 0, field 'instruction': missing; "
+            "every record needs a non-empty instruction"
+        ),
+        (
+            f"{path}: record index 1, field 'instruction': is empty; "
+            "every record needs a non-empty instruction"
+        ),
         f"{path}: record index 2, field 'output': is empty; every record needs a non-empty output",
         f"{path}: record index 3, field 'output': is null; every record needs a non-empty output",
     ]
@@ -189,8 +191,10 @@ def test_bad_jsonl_lines_reported_with_valid_lines_checked_too(tmp_path):
         '{"instruction": "a", "output": "b"}\n{"instruction": "a",\n{"instruction": "c"}\n',
     )
     assert problems(path) == [
-        f"{path}: line 2, column 21: invalid JSON: Expecting property name enclosed in double "
-        "quotes",
+        (
+            f"{path}: line 2, column 21: invalid JSON: Expecting property name enclosed in double "
+            "quotes"
+        ),
         f"{path}: line 3, field 'output': missing; every record needs a non-empty output",
     ]
 
@@ -205,8 +209,10 @@ def test_csv_missing_column(tmp_path):
 def test_csv_missing_mapped_column_names_the_mapping(tmp_path):
     path = write(tmp_path, "d.csv", "instruction,answer\na,b\n")
     assert problems(path, {"output": "completion"}) == [
-        f"{path}: CSV header has no column 'completion' (mapped to output); "
-        "columns are: instruction, answer"
+        (
+            f"{path}: CSV header has no column 'completion' (mapped to output); "
+            "columns are: instruction, answer"
+        )
     ]
 
 
@@ -221,8 +227,10 @@ def test_csv_rows_report_physical_lines(tmp_path):
 def test_mapped_field_missing_names_source_and_target(tmp_path):
     path = write(tmp_path, "d.jsonl", '{"prompt": "a", "answer": "b"}\n')
     assert problems(path, {"instruction": "prompt", "output": "completion"}) == [
-        f"{path}: line 1, field 'completion' (mapped to output): missing; "
-        "every record needs a non-empty output"
+        (
+            f"{path}: line 1, field 'completion' (mapped to output): missing; "
+            "every record needs a non-empty output"
+        )
     ]
 
 

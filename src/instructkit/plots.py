@@ -29,8 +29,11 @@ def plot_length_histogram(
     figure, axis = plt.subplots(figsize=(7, 4))
     top = max(totals + ([max_length] if max_length else []))
     bins = min(60, max(10, top // 8))
-    for values, label in ((prompt_lengths, "prompt"), (response_lengths, "response"),
-                          (totals, "prompt + response")):
+    for values, label in (
+        (prompt_lengths, "prompt"),
+        (response_lengths, "response"),
+        (totals, "prompt + response"),
+    ):
         axis.hist(values, bins=bins, range=(0, top), alpha=0.5, label=label)
     if max_length:
         axis.axvline(max_length, color="black", linestyle="--", label=f"limit {max_length}")
@@ -72,8 +75,12 @@ def plot_losses(metrics: Sequence[dict], path: str | Path, title: str = "Fine-tu
     figure, axis = plt.subplots(figsize=(6, 3.5))
     axis.plot([r["epoch"] for r in train], [r["train_loss"] for r in train], label="Training loss")
     axis.plot(
-        [r["epoch"] for r in val], [r["val_loss"] for r in val], linestyle="-.",
-        marker="o", markersize=3, label="Validation loss",
+        [r["epoch"] for r in val],
+        [r["val_loss"] for r in val],
+        linestyle="-.",
+        marker="o",
+        markersize=3,
+        label="Validation loss",
     )
     axis.set_xlabel("Epochs")
     axis.set_ylabel("Loss")

@@ -213,7 +213,7 @@ def _load_tokenizer_json(path: Path) -> Tokenizer:
 
     try:
         backend = Backend.from_file(str(path))
-    except Exception as error:  # tokenizers raises plain Exception on bad files
+    except Exception as error:  # noqa: BLE001 - tokenizers raises plain Exception on bad files
         raise ModelError(f"{path}: not a Hugging Face tokenizer.json ({error})") from None
     return HFTokenizer(backend, name=str(path), eos_id=_configured_eos(path.parent, backend))
 
@@ -227,7 +227,7 @@ def _load_directory(path: Path) -> Tokenizer:
 
         try:
             model = models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt"))
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - as above
             raise ModelError(f"{path}: cannot read vocab.json/merges.txt ({error})") from None
         backend = Backend(model)
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -312,9 +312,8 @@ def _write_bpe_files(
     pattern: str,
 ) -> None:
     """Write a byte-level BPE as `tokenizer.json`, `vocab.json`, `merges.txt`, config."""
-    from tokenizers import Regex
+    from tokenizers import Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as Backend
-    from tokenizers import decoders, models, pre_tokenizers
 
     directory.mkdir(parents=True, exist_ok=True)
     full_vocab = dict(vocab)
@@ -336,7 +335,6 @@ def _write_bpe_files(
     _write_vocab_merges(directory, full_vocab, merges)
     eos = EOS_TOKEN if EOS_TOKEN in specials else next(iter(specials), EOS_TOKEN)
     _write_tokenizer_config(directory, eos)
-
 
 
 def _write_vocab_merges(directory: Path, vocab: dict[str, int], merges) -> None:

@@ -55,11 +55,15 @@ def register(subparsers) -> None:
     inspect.add_argument("--batch-size", type=int, default=8, help="batch size for padding stats")
     inspect.add_argument("--seed", type=int, default=0, help="seed for the shuffled batches")
     inspect.add_argument(
-        "--show-labels", type=int, default=0, metavar="N",
+        "--show-labels",
+        type=int,
+        default=0,
+        metavar="N",
         help="print the first N examples token by token, marking trained and ignored targets",
     )
-    inspect.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
-                         help="write a token-length histogram")
+    inspect.add_argument(
+        "--plot", type=Path, default=None, metavar="FILE.png", help="write a token-length histogram"
+    )
     inspect.set_defaults(run=run)
 
     builtin = actions.add_parser(
@@ -162,8 +166,11 @@ def _token_report(args, records, style, tokenizer) -> int:
     modes = (
         ("random", InstructionCollator(tokenizer.eos_id, allowed_max_length=limit), False),
         ("length-grouped", InstructionCollator(tokenizer.eos_id, allowed_max_length=limit), True),
-        ("packed", InstructionCollator(tokenizer.eos_id, allowed_max_length=limit, pack=True),
-         False),
+        (
+            "packed",
+            InstructionCollator(tokenizer.eos_id, allowed_max_length=limit, pack=True),
+            False,
+        ),
     )
     for name, collator, grouped in modes:
         loader = build_loader(
@@ -208,13 +215,15 @@ def _show_labels(dataset, tokenizer, limit: int, count: int) -> None:
             f"\nexample {index}: {len(example)} tokens, prompt {example.prompt_length}; "
             f"'train' = always trained, 'prompt' = trained unless mask_prompt"
         )
-        print(f"  {'pos':>5}  {'input':{SHOWN_TOKEN_CHARS + 2}}  {'target':{SHOWN_TOKEN_CHARS + 2}}  loss")
+        print(
+            f"  {'pos':>5}  {'input':{SHOWN_TOKEN_CHARS + 2}}  {'target':{SHOWN_TOKEN_CHARS + 2}}  loss"
+        )
         for position, (token, target) in enumerate(
             zip(full.input_ids[0].tolist(), full.targets[0].tolist())
         ):
             masked = batch.targets[0, position].item() == collator.ignore_index
-            label = "ignored" if target == collator.ignore_index else (
-                "prompt" if masked else "train"
+            label = (
+                "ignored" if target == collator.ignore_index else ("prompt" if masked else "train")
             )
             shown = _token_text(tokenizer, target) if target != collator.ignore_index else "-"
             print(

@@ -19,6 +19,7 @@ from instructkit.data.sampling import (
 from instructkit.data.splits import split_book, split_shuffled
 
 __all__ = [
+    "STYLE_NAMES",
     "Batch",
     "Example",
     "InstructionCollator",
@@ -27,7 +28,6 @@ __all__ = [
     "PackedBatchSampler",
     "PromptStyle",
     "RandomBatchSampler",
-    "STYLE_NAMES",
     "build_loader",
     "custom_collate_fn",
     "format_input",

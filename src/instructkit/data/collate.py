@@ -10,7 +10,8 @@ and segment ids that keep attention inside it. It returns a `Batch`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from itertools import chain
 
@@ -39,21 +40,27 @@ def custom_collate_fn(
     end-of-text id written inside an example's text would lose its loss; here it stays a
     target. For text without that id the tensors are identical to the book's.
     """
-    lengths = torch.tensor([len(item) for item in batch])  # (B,)
-    width = int(lengths.max()) + 1
+    lengths = _long_tensor(map(len, batch))  # (B,)
+    width = max(map(len, batch)) + 1
+    real = torch.arange(width) < lengths[:, None]  # (B, T+1): text positions
     padded = torch.full((len(batch), width), pad_token_id, dtype=torch.long)  # (B, T+1)
-    columns = torch.arange(width)  # (T+1,)
-    padded[columns < lengths[:, None]] = torch.tensor(
-        list(chain.from_iterable(batch)), dtype=torch.long
-    )
+    padded.masked_scatter_(real, _long_tensor(list(chain.from_iterable(batch))))
     inputs = padded[:, :-1].contiguous()  # (B, T)
-    targets = padded[:, 1:].clone()  # (B, T): shift +1 to the right for targets
-    # Target position len(item)-1 is the end-of-text; everything after it is padding.
-    targets[columns[:-1] >= lengths[:, None]] = ignore_index
+    # Shift +1 to the right for targets; target len(item)-1 is the end-of-text, and every
+    # position after it (not a text position in inputs) is padding.
+    targets = padded[:, 1:].contiguous().masked_fill_(~real[:, :-1], ignore_index)  # (B, T)
     if allowed_max_length is not None:
         inputs = inputs[:, :allowed_max_length]
         targets = targets[:, :allowed_max_length]
     return inputs.to(device), targets.to(device)
+
+
+def _long_tensor(values: Iterable[int]) -> torch.Tensor:
+    """A 1-D int64 tensor from Python ints, several times faster than `torch.tensor(list)`."""
+    buffer = array("q", values)
+    if not buffer:
+        return torch.empty(0, dtype=torch.long)
+    return torch.frombuffer(buffer, dtype=torch.long)
 
 
 @dataclass
@@ -139,7 +146,9 @@ class InstructionCollator:
         if not examples or any(len(example.input_ids) == 0 for example in examples):
             raise ValueError("every example needs at least one token")
         limit = self.allowed_max_length
-        kept = [len(e.input_ids) if limit is None else min(len(e.input_ids), limit) for e in examples]
+        kept = [
+            len(e.input_ids) if limit is None else min(len(e.input_ids), limit) for e in examples
+        ]
         num_truncated = sum(k < len(e.input_ids) for k, e in zip(kept, examples))
         if self.pack:
             rows = pack_lengths(kept, limit if limit is not None else max(kept))
@@ -147,10 +156,9 @@ class InstructionCollator:
             rows = [[index] for index in range(len(examples))]
         order = [index for row in rows for index in row]
 
-        lengths = torch.tensor([kept[i] for i in order])  # (N,) examples in row order
-        ids = torch.tensor(
-            list(chain.from_iterable(examples[i].input_ids[: kept[i]] for i in order)),
-            dtype=torch.long,
+        lengths = _long_tensor(kept[i] for i in order)  # (N,) examples in row order
+        ids = _long_tensor(
+            list(chain.from_iterable(examples[i].input_ids[: kept[i]] for i in order))
         )  # (S,) all kept tokens, example after example
         ends = lengths.cumsum(0) - 1  # (N,) last token of each example
         starts = ends - lengths + 1  # (N,)
@@ -159,10 +167,10 @@ class InstructionCollator:
         targets[ends] = self.pad_token_id  # ...but each example's last target is end-of-text
         positions = torch.arange(len(ids)) - torch.repeat_interleave(starts, lengths)  # (S,)
         if self.mask_prompt:
-            masked = torch.tensor([self._masked_targets(examples[i], kept[i]) for i in order])
+            masked = _long_tensor(self._masked_targets(examples[i], kept[i]) for i in order)
             targets[positions < torch.repeat_interleave(masked, lengths)] = self.ignore_index
 
-        row_lengths = torch.tensor([sum(kept[i] for i in row) for row in rows])  # (B,)
+        row_lengths = _long_tensor(sum(kept[i] for i in row) for row in rows)  # (B,)
         width = int(row_lengths.max())
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -175,7 +183,7 @@ class InstructionCollator:
         if self.pack:
             position_ids = torch.zeros(real.shape, dtype=torch.long)  # (B, T)
             position_ids[real] = positions
-            slots = torch.tensor([slot + 1 for row in rows for slot in range(len(row))])  # (N,)
+            slots = _long_tensor(slot + 1 for row in rows for slot in range(len(row)))  # (N,)
             segment_ids = torch.zeros(real.shape, dtype=torch.long)  # (B, T), 0 = padding
             segment_ids[real] = torch.repeat_interleave(slots, lengths)
         return Batch(

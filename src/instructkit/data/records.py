@@ -110,9 +110,11 @@ def _read_json_list(path: Path, text: str) -> list[tuple[str, object]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        hint = " (several JSON values: is it JSON Lines? name it .jsonl)" if (
-            error.msg == "Extra data"
-        ) else ""
+        hint = (
+            " (several JSON values: is it JSON Lines? name it .jsonl)"
+            if (error.msg == "Extra data")
+            else ""
+        )
         raise DataError(
             f"{path}: line {error.lineno}, column {error.colno}: invalid JSON: {error.msg}{hint}"
         ) from None
@@ -132,9 +134,9 @@ def _read_jsonl(text: str) -> list[tuple[str, object]]:
         try:
             raw.append((f"line {number}", json.loads(line)))
         except json.JSONDecodeError as error:
-            raw.append((f"line {number}", Unreadable(
-                f", column {error.colno}: invalid JSON: {error.msg}"
-            )))
+            raw.append(
+                (f"line {number}", Unreadable(f", column {error.colno}: invalid JSON: {error.msg}"))
+            )
     return raw
 
 
@@ -165,9 +167,12 @@ def _read_csv(path: Path, text: str, fields: dict[str, str]) -> list[tuple[str, 
             break
         if any(cell.strip() for cell in row):
             if len(row) != len(header):
-                raw.append((f"line {line}", Unreadable(
-                    f": has {len(row)} cells, the header has {len(header)}"
-                )))
+                raw.append(
+                    (
+                        f"line {line}",
+                        Unreadable(f": has {len(row)} cells, the header has {len(header)}"),
+                    )
+                )
             else:
                 raw.append((f"line {line}", dict(zip(header, row))))
         line = reader.line_num + 1

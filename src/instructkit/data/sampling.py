@@ -152,6 +152,8 @@ class PackedBatchSampler(_EpochBatchSampler):
     tokens; each batch is the first `rows_per_batch` rows of a first-fit-decreasing packing
     of the pool (which `pack_lengths` on that batch reproduces exactly), and the rest go
     back to the pool. Lengths above `capacity` count as `capacity` (the collator truncates).
+    Long examples tend to leave the pool early in an epoch and short ones late; each
+    example is still seen exactly once per epoch.
     """
 
     def __init__(
@@ -192,13 +194,28 @@ class PackedBatchSampler(_EpochBatchSampler):
             chosen = set(taken)
             pool = [index for slot, index in enumerate(pool) if slot not in chosen]
             pool_length = sum(self.lengths[i] for i in pool)
-        last_rows = pack_lengths([self.lengths[i] for i in batches[-1]], self.capacity) if (
-            batches
-        ) else []
-        if self.drop_last and 0 < len(last_rows) < self.rows_per_batch:
-            batches.pop()
+        if batches:
+            batches[-1:] = self._finish(batches[-1])
         self._cache = (self.epoch, batches)
         return batches
+
+    def _finish(self, last: list[int]) -> list[list[int]]:
+        """The epoch's last batch: dropped if short and drop_last, else split by row length.
+
+        Its rows are whatever was left, often a few full rows and one short one; as every
+        row is padded to the batch's longest, rows under half the longest go into a batch
+        of their own.
+        """
+        rows = pack_lengths([self.lengths[i] for i in last], self.capacity)
+        if self.drop_last:
+            return [last] if len(rows) == self.rows_per_batch else []
+        sums = [sum(self.lengths[last[slot]] for slot in row) for row in rows]
+        short = {
+            last[slot] for row, total in zip(rows, sums) if total < max(sums) / 2 for slot in row
+        }
+        if not short:
+            return [last]
+        return [[i for i in last if i not in short], [i for i in last if i in short]]
 
 
 def build_loader(
