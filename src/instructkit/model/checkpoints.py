@@ -256,7 +256,8 @@ def download(repo_id: str) -> Path:
     except Exception as error:  # offline, unknown repo, auth: all mean "supply it locally"
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ModelError(
-            f"cannot download {repo_id!r} from the Hugging Face Hub ({reason}); offline, fetch it "
+            f"{repo_id!r} is no local file or directory, and cannot be downloaded from the "
+            f"Hugging Face Hub ({reason}); offline, fetch it "
             f"where there is internet (`hf download {repo_id} --local-dir DIR`) and pass DIR: "
             f"{LAYOUT}"
         ) from error
