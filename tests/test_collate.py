@@ -94,7 +94,7 @@ token_lists = st.lists(
 limits = st.one_of(st.none(), st.integers(1, 30))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(batch=token_lists, allowed_max_length=limits)
 def test_vectorized_collate_equals_per_item_reference(batch, allowed_max_length):
     got = custom_collate_fn(batch, allowed_max_length=allowed_max_length)
@@ -102,7 +102,7 @@ def test_vectorized_collate_equals_per_item_reference(batch, allowed_max_length)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(
     batch=st.lists(
         st.lists(st.integers(0, PAD - 1), min_size=1, max_size=24), min_size=1, max_size=8
@@ -199,7 +199,7 @@ def test_packing_without_limit_uses_the_longest_example_and_truncates_nothing():
     assert result.num_truncated == 0
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(
     examples=st.lists(
         st.lists(st.integers(0, 1000), min_size=1, max_size=12).flatmap(

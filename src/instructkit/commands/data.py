@@ -179,9 +179,9 @@ def _token_report(args, records, style, tokenizer) -> int:
         batches = list(loader)
         real = sum(batch.num_real_tokens for batch in batches)
         total = sum(batch.input_ids.numel() for batch in batches)
-        shape = f"{len(batches)} batches"
+        shape = f"{len(batches)} batch" + ("" if len(batches) == 1 else "es")
         if collator.pack:
-            shape += f" of {args.batch_size} rows x up to {limit} tokens"
+            shape += f" of up to {args.batch_size} rows x {limit} tokens"
         print(f"  {name + ':':16}{real / total:.3f}  ({shape})")
 
     if args.show_labels:
