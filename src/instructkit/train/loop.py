@@ -151,8 +151,11 @@ def _finetune(
     metrics_path = out / "metrics.jsonl"
 
     # ---- setup: run dir, data, model, optimizer -------------------------------------
-    checkpoint = prepare_run_dir(config, resume, overwrite)
+    checkpoint = check_run_dir(config, resume, overwrite)  # every rank, before any write
+    distributed.barrier(info)
     if info.is_main:
+        if overwrite:
+            remove_run_artifacts(out)
         save_config(config, out / "config.yaml")
     distributed.barrier(info)
 
@@ -397,7 +400,7 @@ def _finetune(
 # ---- setup helpers ----------------------------------------------------------------------
 
 
-def prepare_run_dir(config: FinetuneConfig, resume: bool, overwrite: bool) -> Path | None:
+def check_run_dir(config: FinetuneConfig, resume: bool, overwrite: bool) -> Path | None:
     """Check the run dir against resume/overwrite; return the checkpoint to resume from."""
     out = Path(config.out)
     if resume and overwrite:
@@ -410,14 +413,11 @@ def prepare_run_dir(config: FinetuneConfig, resume: bool, overwrite: bool) -> Pa
         return latest_checkpoint(out / "checkpoints")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(
-                f"{out}: run directory is not empty; pass --resume to continue that run "
-                "or --overwrite to replace it"
-            )
-        if int(os.environ.get("RANK", "0")) == 0:
-            remove_run_artifacts(out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(
+            f"{out}: run directory is not empty; pass --resume to continue that run "
+            "or --overwrite to replace it"
+        )
     return None
 
 
