@@ -1,0 +1,181 @@
+"""`instructkit finetune` end to end: every artifact of the run dir, config file + flags,
+errors as one line and exit 2, --resume from the run dir alone, Ctrl-C saves and exits 130."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from instructkit.cli import main
+from instructkit.data import format_input
+from instructkit.model import load_pretrained, read_metadata
+from instructkit.tokenizer import train_tokenizer
+
+FLAGS = [
+    "--data",
+    "--model",
+    "--out",
+    "--epochs",
+    "--max-steps",
+    "--batch-size",
+    "--lr",
+    "--weight-decay",
+    "--allowed-max-length",
+    "--style",
+    "--tokenizer",
+    "--mask-prompt",
+    "--pack",
+    "--group-by-length",
+    "--grad-accum",
+    "--warmup-steps",
+    "--eval-every",
+    "--save-every",
+    "--seed",
+    "--resume",
+    "--lora-rank",
+    "--lora-alpha",
+    "--config",
+    "--overwrite",
+    "--grad-clip",
+    "--lr-schedule",
+    "--compile",
+]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    rng = random.Random(0)
+    records = []
+    for _ in range(48):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        records.append(
+            {"instruction": "Add the two numbers.", "input": f"{a} + {b}", "output": str(a + b)}
+        )
+    directory = tmp_path_factory.mktemp("data")
+    (directory / "records.json").write_text(json.dumps(records))
+    train_tokenizer([format_input(r) + r["output"] for r in records], 300).save(directory / "tok")
+    return directory / "records.json", directory / "tok"
+
+
+def base_args(files, out) -> list[str]:
+    data, tok = files
+    return [
+        "finetune", "--data", str(data), "--model", "random:tiny", "--tokenizer", str(tok),
+        "--out", str(out), "--batch-size", "4", "--eval-batches", "2", "--quiet",
+    ]  # fmt: skip
+
+
+def test_help_lists_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["finetune", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for flag in FLAGS:
+        assert flag in text, flag
+    assert "(default: 5e-05)" in text and "(default: 0.1)" in text and "(default: 8)" in text
+
+
+def test_end_to_end_run_dir(files, tmp_path, capsys):
+    out = tmp_path / "runs" / "lora"
+    config = tmp_path / "settings.yaml"
+    config.write_text("lr: 0.003\nmax_steps: 99\nmask_prompt: true\nlora_rank: 4\n")
+    args = [*base_args(files, out), "--config", str(config), "--max-steps", "6"]
+    code = main([*args, "--eval-every", "3", "--save-every", "2", "--lora-alpha", "8", "--pack"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "Training loss:" in printed and "Validation loss:" in printed
+    assert "Trainable parameters: 8,192 of" in printed  # LoRA: adapters only
+    assert f"Run directory: {out}" in printed
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["max_steps"] == 6 and saved["lr"] == 0.003  # flag beats file beats default
+    assert saved["mask_prompt"] and saved["pack"] and saved["lora_rank"] == 4
+    assert saved["weight_decay"] == 0.1 and saved["data"] == str(files[0])
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(7))
+    assert [r["step"] for r in rows if r["val_loss"] is not None] == [0, 3, 6]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-4", "step-6"]
+    assert json.loads((out / "checkpoints" / "step-6" / "position.json").read_text())["step"] == 6
+    assert (out / "adapter.safetensors").stat().st_size < 100_000
+
+    model, tokenizer = load_pretrained(out)  # the run dir resolves to its model/
+    assert tokenizer is not None and tokenizer.vocab_size == 300
+    assert read_metadata(out / "model") == {"style": "alpaca", "base_model": "random:tiny"}
+    assert "lora" not in " ".join(name for name, _ in model.named_parameters())  # merged
+    from instructkit.model.lora import load_adapter
+
+    base, _ = load_pretrained("random:tiny", tokenizer=tokenizer, seed=123)
+    ids = torch.tensor([tokenizer.encode(format_input({"instruction": "Add.", "input": "1 + 2"}))])
+    adapted = load_adapter(base, out / "adapter.safetensors")
+    torch.testing.assert_close(adapted(ids), model(ids), rtol=1e-4, atol=1e-5)
+
+
+def test_resume_from_the_run_dir_alone(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*base_args(files, out), "--max-steps", "3", "--save-every", "2"]) == 0
+    capsys.readouterr()
+    assert main(["finetune", "--out", str(out), "--resume", "--max-steps", "5", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "Resuming from" in printed and "step 3" in printed
+    assert "Training loss:" not in printed
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5]
+    assert yaml.safe_load((out / "config.yaml").read_text())["max_steps"] == 5
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--data", ""], "error: data: no instruction file given (use --data FILE)"),
+        (["--model", "random:tiny", "--tokenizer", "none"], "comes without a tokenizer"),
+        (["--batch-size", "0", "--epochs", "0"], "error: epochs: must be at least 1"),
+        (["--config", "{cfg}"], "settings.yaml: unknown setting 'learning_rate'"),
+    ],
+)
+def test_errors_exit_2_with_one_line_each(files, tmp_path, capsys, extra, message):
+    (tmp_path / "settings.yaml").write_text("learning_rate: 1\n")
+    extra = [e.replace("{cfg}", str(tmp_path / "settings.yaml")) for e in extra]
+    assert main([*base_args(files, tmp_path / "run"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert all(line.startswith("error: ") for line in err.strip().splitlines())
+
+
+def test_refuses_a_used_run_dir(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*base_args(files, out), "--max-steps", "1"]) == 0
+    assert main([*base_args(files, out), "--max-steps", "1"]) == 2
+    assert "not empty; pass --resume" in capsys.readouterr().err
+    assert main([*base_args(files, out), "--max-steps", "1", "--overwrite"]) == 0
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(files, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "INSTRUCTKIT_TEST_STEP_DELAY": "0.3", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "instructkit", *base_args(files, out), "--max-steps", "40"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < 3:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr.decode()
+    assert b"continue with --resume" in stdout
+    (checkpoint,) = (out / "checkpoints").iterdir()  # save_every 100: only the Ctrl-C one
+    step = json.loads((checkpoint / "position.json").read_text())["step"]
+    assert 2 <= step < 40 and checkpoint.name == f"step-{step}"
+    assert not (out / "model").exists()
