@@ -55,6 +55,7 @@ class FakeJudge:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # as real servers do; else delayed ACKs add ~40 ms
 
             def log_message(self, *args) -> None:
                 pass

@@ -2,6 +2,7 @@
 judge, and an evaluation killed mid-run and resumed."""
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -163,6 +164,31 @@ def test_killed_mid_run_resumes_without_rescoring_or_losing_records(tmp_path):
     assert [r["judge_score"] for r in doc["records"]] == [10 + i for i in range(8)]
     assert all(fake.answered[judge_prompt(r)] == 1 for r in records)  # none scored twice
     assert fake.requests[hung] == 2 and sum(fake.requests.values()) == 9
+
+
+def test_ctrl_c_saves_progress_and_exits_at_once(tmp_path):
+    responses = tmp_path / "responses.json"
+    records = write_records(responses, 3)
+    hung = judge_prompt(records[1])
+    with FakeJudge(
+        lambda prompt, attempt: ("hang", 120) if prompt == hung else ("reply", "33")
+    ) as fake:
+        command = [sys.executable, "-m", "instructkit", "evaluate", "--responses", str(responses),
+                   "--judge", "ollama:judge", "--url", fake.url, "--quiet"]  # fmt: skip
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 90
+        while fake.requests[hung] == 0:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 130 and "interrupted" in err
+    assert time.monotonic() - started < 5  # did not wait for the hung request
+    doc = json.loads((tmp_path / "scores.json").read_text())
+    assert [r["judge_score"] for r in doc["records"]] == [33, None, None]
 
 
 @pytest.mark.skipif(

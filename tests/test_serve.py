@@ -3,19 +3,26 @@ well-formed replies streaming and not, 4xx errors for bad requests, concurrent r
 the API key, and `instructkit evaluate` using the server as its judge."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import httpx
 import ollama
 import openai
 import pytest
 import torch
-from fake_servers import serve_in_thread
+from fake_servers import free_socket, serve_in_thread
 
+import instructkit.generate as generation
 from instructkit.cli import main
 from instructkit.data import get_style
 from instructkit.evaluate.judge import judge_prompt
 from instructkit.model import GPTConfig, GPTModel
+from instructkit.model.checkpoints import save_pretrained
 from instructkit.serve import Engine, SamplingParams, messages_to_record
 from instructkit.serve.app import create_app
 from instructkit.tokenizer import train_tokenizer
@@ -228,6 +235,31 @@ def test_openai_bad_requests_are_400_json(url, body, fragment):
     assert fragment in error["message"] and error["type"] == "invalid_request_error"
 
 
+def test_odd_values_are_400_not_500(url):
+    lone_surrogate = b'{"messages": [{"role": "user", "content": "\\ud800 x"}]}'
+    for path in ("/v1/chat/completions", "/api/chat"):
+        response = httpx.post(f"{url}{path}", content=lone_surrogate)
+        assert response.status_code == 400 and "not valid Unicode" in response.text
+    huge_seed = httpx.post(f"{url}/v1/chat/completions", json={"messages": QUESTION, "seed": 2**70})
+    assert huge_seed.status_code == 400 and "'seed' must be from" in huge_seed.text
+    top_k = httpx.post(f"{url}/api/chat", json={"messages": QUESTION, "options": {"top_k": -1}})
+    assert top_k.json() == {"error": "'top_k' must be at least 0, got -1"}
+
+
+def test_a_failure_mid_stream_ends_with_an_error_event(url, oai, monkeypatch):
+    def broken(*args, **kwargs):
+        yield 5
+        raise RuntimeError("the accelerator caught fire")
+
+    monkeypatch.setattr(generation, "stream", broken)
+    with pytest.raises(openai.APIError, match="caught fire"):
+        list(oai.chat.completions.create(model="x", messages=QUESTION, stream=True))
+    with pytest.raises(ollama.ResponseError, match="caught fire"):
+        list(ollama.Client(host=url).chat(model="x", messages=QUESTION, stream=True))
+    plain = httpx.post(f"{url}/v1/chat/completions", json={"messages": QUESTION})
+    assert plain.status_code == 500 and plain.json()["error"]["type"] == "server_error"
+
+
 def test_malformed_json_and_unknown_routes(url):
     for path in ("/v1/chat/completions", "/v1/completions", "/api/chat", "/api/generate"):
         response = httpx.post(
@@ -353,3 +385,56 @@ def test_evaluate_with_this_server_as_ollama_judge(url, tmp_path, capsys):
     assert f"{doc['judge']['n_scored']} scored of 3" in out
     # identical records get identical (greedy) judgements
     assert doc["records"][0]["judge_reply"] == doc["records"][2]["judge_reply"]
+
+
+def wait_for_health(url: str, process: subprocess.Popen, seconds: float = 90) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the server did not come up"
+        try:
+            return httpx.get(f"{url}/health", timeout=1).json()
+        except httpx.TransportError:
+            time.sleep(0.2)
+
+
+def test_serve_command_loads_a_run_and_refuses_a_busy_port(engine, tmp_path):
+    run = tmp_path / "my-run"
+    save_pretrained(engine.model, engine.tokenizer, run / "model", metadata={"style": "alpaca"})
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "instructkit", "serve", "--model", str(run), "--port", str(port),
+               "--log-level", "warning"]  # fmt: skip
+    env = {**os.environ, "INSTRUCTKIT_API_KEY": "k3y"}
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert wait_for_health(url, process) == {"status": "ok", "model": "my-run"}
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="k3y", max_retries=0)
+        reply = client.chat.completions.create(model="whatever", messages=QUESTION)
+        assert reply.choices[0].message.content == ANSWER and reply.model == "my-run"
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+
+        busy = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        assert busy.returncode == 2
+        assert (
+            busy.stderr.strip()
+            .splitlines()[-1]
+            .startswith(f"error: cannot listen on 127.0.0.1:{port}")
+        )
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 130 and "Traceback" not in err  # the CLI's code for Ctrl-C
+
+
+@pytest.mark.parametrize("command", ["serve", "generate", "evaluate"])
+def test_help_shows_defaults(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "(default: " in text and "--model" in text or "--responses" in text

@@ -25,13 +25,13 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--responses", required=True, help="records with model_response (the book's format)"
     )
-    parser.add_argument("--out", help="scores file (default: scores.json beside --responses)")
+    parser.add_argument("--out", help="scores file; when not given, scores.json beside --responses")
     parser.add_argument(
         "--judge", help="BACKEND:MODEL, BACKEND one of ollama, openai (e.g. ollama:llama3)"
     )
     parser.add_argument(
         "--url",
-        help="judge server (default: http://localhost:11434 for ollama, https://api.openai.com for openai)",
+        help="judge server; when not given, http://localhost:11434 for ollama, https://api.openai.com for openai",
     )
     parser.add_argument(
         "--api-key-env",

@@ -33,19 +33,23 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--out",
-        help="responses file (default: RUN/responses.json for a run dir, else responses.json)",
+        help="responses file; when not given, RUN/responses.json for a run dir, else ./responses.json",
     )
     parser.add_argument(
-        "--style", help="prompt style (default: the one saved with the model, else alpaca)"
+        "--style", help="prompt style; when not given, the one saved with the model, else alpaca"
     )
     parser.add_argument("--tokenizer", help="tokenizer spec when the model has none saved")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8, help="records generated at once")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=256, help="longest response in tokens"
+    )
     parser.add_argument(
         "--temperature", type=float, default=0.0, help="0 is greedy decoding, as in the book"
     )
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument(
+        "--top-k", type=int, default=None, help="sample from the k likeliest tokens"
+    )
+    parser.add_argument("--seed", type=int, default=123, help="makes sampled responses repeatable")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)

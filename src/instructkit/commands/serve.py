@@ -29,17 +29,16 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (loopback only by default)"
     )
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument(
         "--api-key",
-        default=os.environ.get("INSTRUCTKIT_API_KEY"),
-        help="require 'Authorization: Bearer KEY' (default: $INSTRUCTKIT_API_KEY)",
+        help="require 'Authorization: Bearer KEY' on every route but /health; $INSTRUCTKIT_API_KEY when not given",
     )
     parser.add_argument(
-        "--name", help="model name shown to clients (default: the run or model dir name)"
+        "--name", help="model name shown to clients; when not given, the run or model dir name"
     )
     parser.add_argument(
-        "--style", help="prompt style (default: the one saved with the model, else alpaca)"
+        "--style", help="prompt style; when not given, the one saved with the model, else alpaca"
     )
     parser.add_argument("--tokenizer", help="tokenizer spec when the model has none saved")
     parser.add_argument(
@@ -47,7 +46,10 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     parser.add_argument(
-        "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="uvicorn's log level",
     )
     parser.set_defaults(run=run)
 
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from instructkit.errors import UserError
     from instructkit.serve import LOOPBACK, load_engine, run_server
 
+    api_key = args.api_key or os.environ.get("INSTRUCTKIT_API_KEY") or None
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be from 0 to 65535, got {args.port}")
     if args.max_new_tokens < 1:
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         max_new_tokens=args.max_new_tokens,
     )
-    if args.host not in LOOPBACK and not args.api_key:
+    if args.host not in LOOPBACK and not api_key:
         print(
             f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it",
             file=sys.stderr,
@@ -78,5 +81,5 @@ def run(args: argparse.Namespace) -> int:
         f"on http://{args.host}:{args.port}",
         file=sys.stderr,
     )
-    run_server(engine, args.host, args.port, api_key=args.api_key, log_level=args.log_level)
+    run_server(engine, args.host, args.port, api_key=api_key, log_level=args.log_level)
     return 0

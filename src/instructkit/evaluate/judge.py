@@ -14,19 +14,19 @@ Failures are sorted by what can fix them:
   recorded for that record (`error`), and that record is asked again on the next run;
 - a reply without a score in range is kept (`reply`) with `score` null: the judge did
   answer, so the record counts as finished.
-Records are judged by a thread pool (`concurrency` requests at once) sharing one
-`httpx.Client`; results come back to the caller's thread, which saves them.
+Records are judged by `concurrency` worker threads sharing one `httpx.Client`; results
+come back to the caller's thread, which saves them.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import re
 import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Self
 
@@ -278,28 +278,47 @@ def judge_all(
 
     `on_result` runs in the calling thread as each answer arrives; `on_flush` runs at most
     every `flush_interval` seconds while results are waiting to be saved, and once at the
-    end, also when the run is aborted or interrupted, so finished work is never lost.
+    end, also when the run is aborted or interrupted, so finished work is never lost. The
+    workers are daemon threads, so Ctrl-C does not wait for requests still in flight.
     """
     from tqdm import tqdm
 
     if concurrency < 1:
         raise UserError(f"--concurrency must be at least 1, got {concurrency}")
+    tasks: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
+    for item in prompts.items():
+        tasks.put(item)
+    results: queue.SimpleQueue[tuple[int, Judgement | None, Exception | None]] = queue.SimpleQueue()
+
+    def work() -> None:
+        while not client.stop.is_set():
+            try:
+                index, prompt = tasks.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                results.put((index, judge_one(client, prompt), None))
+            except Exception as error:  # noqa: BLE001 (re-raised in the caller's thread)
+                results.put((index, None, error))
+                return
+
+    for k in range(min(concurrency, len(prompts))):
+        threading.Thread(target=work, name=f"judge-{k}", daemon=True).start()
     bar = tqdm(
         total=len(prompts), desc=f"judging with {client.spec}", unit="record", disable=not progress
     )
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge")
-    pending: dict[Future, int] = {
-        pool.submit(judge_one, client, prompt): index for index, prompt in prompts.items()
-    }
-    dirty = False
-    last_flush = time.monotonic()
+    remaining, dirty, last_flush = len(prompts), False, time.monotonic()
     try:
-        while pending:
-            timeout = max(0.0, last_flush + flush_interval - time.monotonic()) if dirty else None
-            done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
-            for future in done:
-                index = pending.pop(future)
-                on_result(index, future.result())
+        while remaining:
+            try:
+                index, judgement, error = results.get(timeout=0.2)
+            except queue.Empty:
+                pass
+            else:
+                if error is not None:
+                    raise error
+                on_result(index, judgement)
+                remaining -= 1
                 dirty = True
                 bar.update(1)
             if dirty and time.monotonic() - last_flush >= flush_interval:
@@ -307,7 +326,6 @@ def judge_all(
                 dirty, last_flush = False, time.monotonic()
     finally:
         client.stop.set()
-        pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
         on_flush()
 

@@ -7,8 +7,10 @@ models, and `run_server` runs the app with uvicorn.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+from instructkit.errors import UserError
 from instructkit.serve.engine import Engine, RequestError, SamplingParams, messages_to_record
 
 __all__ = [
@@ -50,6 +52,18 @@ def load_engine(
     return Engine(model, tok, prompt_style, name or model_name(spec), max_new_tokens=max_new_tokens)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, so a busy port is a one-line error rather than a log dump."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as error:
+        raise UserError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    return sock
+
+
 def run_server(
     engine: Engine,
     host: str = "127.0.0.1",
@@ -62,4 +76,9 @@ def run_server(
 
     from instructkit.serve.app import create_app
 
-    uvicorn.run(create_app(engine, api_key=api_key), host=host, port=port, log_level=log_level)
+    sock = listen(host, port)
+    config = uvicorn.Config(create_app(engine, api_key=api_key), log_level=log_level)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()

@@ -19,11 +19,12 @@ cut there (finish reason "length").
 from __future__ import annotations
 
 import json
+import logging
 import math
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request
@@ -36,6 +37,9 @@ from instructkit import __version__
 from instructkit.serve.engine import Engine, Generation, RequestError, SamplingParams
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 500: "server_error"}
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+logger = logging.getLogger("instructkit.serve")
 
 
 class APIError(Exception):
@@ -53,9 +57,7 @@ def _error_response(
 ) -> JSONResponse:
     if request.url.path.startswith("/api/"):
         return JSONResponse({"error": message}, status_code=status)
-    kind = {401: "authentication_error", 404: "not_found_error"}.get(
-        status, "invalid_request_error"
-    )
+    kind = ERROR_TYPES.get(status, "invalid_request_error")
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
 
@@ -71,6 +73,10 @@ async def _json_body(request: Request) -> dict:
         raise APIError(400, f"the request body is not valid JSON: {error}") from None
     if not isinstance(body, dict):
         raise APIError(400, f"the request body must be a JSON object, got {type(body).__name__}")
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, "the request holds text that is not valid Unicode (a lone surrogate)")
     return body
 
 
@@ -95,6 +101,8 @@ def _integer(body: dict, key: str, low: int | None = None, high: int | None = No
     if isinstance(value, bool) or not isinstance(value, int):
         raise APIError(400, f"'{key}' must be an integer, got {json.dumps(value)}", key)
     if (low is not None and value < low) or (high is not None and value > high):
+        if high is None:
+            raise APIError(400, f"'{key}' must be at least {low}, got {value}", key)
         raise APIError(400, f"'{key}' must be from {low} to {high}, got {value}", key)
     return value
 
@@ -175,7 +183,7 @@ def _openai_params(body: dict, context: int) -> SamplingParams:
         max_tokens=max_tokens,
         temperature=_number(body, "temperature", 0, 2) or 0.0,
         top_p=_number(body, "top_p", 0, 1, low_open=True),
-        seed=_integer(body, "seed"),
+        seed=_integer(body, "seed", *SEED_RANGE),
         stop=_stops(body.get("stop"), "stop"),
     )
 
@@ -193,7 +201,7 @@ def _ollama_params(body: dict, context: int) -> SamplingParams:
         temperature=_number(options, "temperature", 0, 2) or 0.0,
         top_k=top_k or None,
         top_p=_number(options, "top_p", 0, 1, low_open=True),
-        seed=_integer(options, "seed"),
+        seed=_integer(options, "seed", *SEED_RANGE),
         stop=_stops(options.get("stop"), "stop"),
     )
 
@@ -215,6 +223,25 @@ def _usage(gen: Generation) -> dict:
         "completion_tokens": gen.completion_tokens,
         "total_tokens": gen.prompt_tokens + gen.completion_tokens,
     }
+
+
+def _guarded(chunks: Iterator[str], error_chunk: Callable[[str], str]) -> Iterator[str]:
+    """A failure after the stream started ends it with an error event, not a dropped connection."""
+    try:
+        yield from chunks
+    except Exception as error:
+        logger.exception("generation failed mid-stream")
+        yield error_chunk(f"generation failed: {type(error).__name__}: {error}")
+
+
+def _sse_error(message: str) -> str:
+    return _sse(
+        {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+    )
+
+
+def _ndjson_error(message: str) -> str:
+    return json.dumps({"error": message}) + "\n"
 
 
 def _sse(payload: dict | str) -> str:
@@ -253,6 +280,11 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
         return _error_response(request, error.status_code, str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception):
+        logger.exception("request failed: %s %s", request.method, request.url.path)
+        return _error_response(request, 500, f"internal error: {type(error).__name__}: {error}")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):
@@ -342,7 +374,7 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
                 yield _sse({**chunk, "choices": [], "usage": _usage(gen)})
             yield _sse("[DONE]")
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(_guarded(events(), _sse_error), media_type="text/event-stream")
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -400,7 +432,7 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
                 yield _sse(choice(i, "", gen.finish_reason))
             yield _sse("[DONE]")
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(_guarded(events(), _sse_error), media_type="text/event-stream")
 
     # ---- Ollama ------------------------------------------------------------------------
 
@@ -469,7 +501,9 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
             }
             yield json.dumps(final) + "\n"
 
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
+        return StreamingResponse(
+            _guarded(lines(), _ndjson_error), media_type="application/x-ndjson"
+        )
 
     @app.post("/api/chat")
     async def ollama_chat(request: Request):
