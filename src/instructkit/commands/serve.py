@@ -56,13 +56,14 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from instructkit.errors import UserError
-    from instructkit.serve import LOOPBACK, load_engine, run_server
+    from instructkit.serve import LOOPBACK, listen, load_engine, run_server
 
     api_key = args.api_key or os.environ.get("INSTRUCTKIT_API_KEY") or None
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be from 0 to 65535, got {args.port}")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    sock = listen(args.host, args.port)  # a busy port fails before the model loads
     engine = load_engine(
         args.model,
         style=args.style,
@@ -78,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
         )
     print(
         f"serving {engine.name} (style {engine.style.name}, context {engine.context_length}) "
-        f"on http://{args.host}:{args.port}",
+        f"on http://{args.host}:{sock.getsockname()[1]}",
         file=sys.stderr,
     )
-    run_server(engine, args.host, args.port, api_key=api_key, log_level=args.log_level)
+    run_server(engine, api_key=api_key, log_level=args.log_level, sock=sock)
     return 0

@@ -70,13 +70,14 @@ def run_server(
     port: int = 8000,
     api_key: str | None = None,
     log_level: str = "info",
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve until interrupted."""
+    """Serve until interrupted, on `sock` when given (bound already), else on host:port."""
     import uvicorn
 
     from instructkit.serve.app import create_app
 
-    sock = listen(host, port)
+    sock = sock or listen(host, port)
     config = uvicorn.Config(create_app(engine, api_key=api_key), log_level=log_level)
     try:
         uvicorn.Server(config).run(sockets=[sock])
