@@ -16,7 +16,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from instructkit.errors import DataError
+from instructkit.errors import DataError, UserError
 from instructkit.evaluate.judge import (
     JudgeClient,
     Judgement,
@@ -75,6 +75,10 @@ def evaluate_responses(
     """Metrics (and judge scores) for a responses file; returns the scores document it wrote."""
     records = load_responses(responses_path, response_key)
     out_path = Path(out_path) if out_path else default_scores_path(responses_path)
+    if out_path.resolve() == Path(responses_path).resolve():
+        raise UserError(
+            f"the scores file {out_path} would overwrite the responses; pick another --out"
+        )
     metrics = compute_metrics(records, response_key, group_key)
     per_record = metrics.pop("per_record")
     keys = [record_key(record, response_key) for record in records]

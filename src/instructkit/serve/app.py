@@ -177,8 +177,11 @@ def _openai_params(body: dict, context: int) -> SamplingParams:
     max_tokens = _integer(body, "max_completion_tokens", 1, context)
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens", 1, context)
-    if _integer(body, "n", 1, 1) is None and body.get("n") is not None:
-        raise APIError(400, "'n' must be 1: this server returns one choice", "n")
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        raise APIError(
+            400, f"'n' must be 1 (this server returns one choice), got {json.dumps(n)}", "n"
+        )
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=_number(body, "temperature", 0, 2) or 0.0,

@@ -109,24 +109,28 @@ class Generation:
         emitted = ""
         raw = ""
         self.finish_reason = "length"
-        while len(ids) < self.max_tokens:
-            with engine.lock, torch.no_grad():
-                token = next(tokens, None)
-            if token is None or token == engine.tokenizer.eos_id:
-                self.finish_reason = "stop"
-                break
-            ids.append(token)
-            raw = engine.tokenizer.decode(ids)
-            cut = min((raw.find(s) for s in self.stops if s in raw), default=-1)
-            if cut >= 0:
-                raw, self.finish_reason = raw[:cut], "stop"
-                break
-            if raw.endswith("\ufffd"):
-                continue  # half a UTF-8 character: wait for the rest
-            ready = self._view(raw[: len(raw) - _held_back(raw, self.stops)])
-            if ready.startswith(emitted) and len(ready) > len(emitted):
-                yield ready[len(emitted) :]
-                emitted = ready
+        try:
+            while len(ids) < self.max_tokens:
+                with engine.lock, torch.no_grad():
+                    token = next(tokens, None)
+                if token is None or token == engine.tokenizer.eos_id:
+                    self.finish_reason = "stop"
+                    break
+                ids.append(token)
+                raw = engine.tokenizer.decode(ids)
+                cut = min((raw.find(s) for s in self.stops if s in raw), default=-1)
+                if cut >= 0:
+                    raw, self.finish_reason = raw[:cut], "stop"
+                    break
+                if raw.endswith("\ufffd"):
+                    continue  # half a UTF-8 character: wait for the rest
+                ready = self._view(raw[: len(raw) - _held_back(raw, self.stops)])
+                if ready.startswith(emitted) and len(ready) > len(emitted):
+                    yield ready[len(emitted) :]
+                    emitted = ready
+        finally:
+            with engine.lock:
+                tokens.close()  # also when the client went away mid-stream
         self.completion_tokens = len(ids)
         final = self._view(raw)
         if final.startswith(emitted) and len(final) > len(emitted):
