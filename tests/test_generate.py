@@ -120,6 +120,11 @@ def test_generation_runs_in_eval_mode_and_restores_training_mode():
     idx = torch.tensor(prompts([5]))
     assert torch.equal(generate(model, idx, 10), generate(model, idx, 10))
     assert model.training
+    tokens = stream(model, [1, 2, 3], 5)
+    next(tokens)
+    assert torch.is_grad_enabled()  # no_grad holds inside each step, not for the caller
+    tokens.close()
+    assert model.training
 
 
 def test_top_k_and_top_p_restrict_the_support():

@@ -114,6 +114,7 @@ def stream(
         yield token
 
 
+@torch.no_grad()  # as a decorator it applies per step, not to the caller between steps
 def decode(
     model: GPTModel,
     prompts: torch.Tensor | Sequence[Sequence[int]],
@@ -149,36 +150,35 @@ def decode(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            cache = model.new_kv_cache(len(tokens), min(width + max_new_tokens, window))
-            end = width  # tokens[:, :end] are filled
-            for _ in range(max_new_tokens):
-                if cache is not None and end <= cache.max_length:
-                    hidden = cached_step(model, tokens, valid, lengths, end, cache, padded)
-                else:
-                    cache = None  # the window slides: every position shifts
-                    hidden = window_step(
-                        model, tokens[:, end - window : end], valid[:, end - window : end]
+        cache = model.new_kv_cache(len(tokens), min(width + max_new_tokens, window))
+        end = width  # tokens[:, :end] are filled
+        for _ in range(max_new_tokens):
+            if cache is not None and end <= cache.max_length:
+                hidden = cached_step(model, tokens, valid, lengths, end, cache, padded)
+            else:
+                cache = None  # the window slides: every position shifts
+                hidden = window_step(
+                    model, tokens[:, end - window : end], valid[:, end - window : end]
+                )
+            logits = model.lm_head(hidden).float()  # (B, V)
+            next_tokens = sample(logits, temperature, top_k, top_p, generator)  # (B,)
+            yield rows, next_tokens
+            tokens[:, end] = next_tokens
+            lengths += 1
+            end += 1
+            if eos_id is not None:
+                running = (next_tokens != eos_id).nonzero().squeeze(1)  # (B',)
+                if len(running) == 0:
+                    return
+                if len(running) < len(rows):
+                    rows, tokens, valid, lengths = (
+                        rows[running],
+                        tokens[running],
+                        valid[running],
+                        lengths[running],
                     )
-                logits = model.lm_head(hidden).float()  # (B, V)
-                next_tokens = sample(logits, temperature, top_k, top_p, generator)  # (B,)
-                yield rows, next_tokens
-                tokens[:, end] = next_tokens
-                lengths += 1
-                end += 1
-                if eos_id is not None:
-                    running = (next_tokens != eos_id).nonzero().squeeze(1)  # (B',)
-                    if len(running) == 0:
-                        return
-                    if len(running) < len(rows):
-                        rows, tokens, valid, lengths = (
-                            rows[running],
-                            tokens[running],
-                            valid[running],
-                            lengths[running],
-                        )
-                        if cache is not None:
-                            cache.select_rows(running)
+                    if cache is not None:
+                        cache.select_rows(running)
     finally:
         model.train(was_training)
 
