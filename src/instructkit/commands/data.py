@@ -64,6 +64,19 @@ def register(subparsers) -> None:
     inspect.add_argument(
         "--plot", type=Path, default=None, metavar="FILE.png", help="write a token-length histogram"
     )
+    inspect.add_argument(
+        "--check-packing",
+        action="store_true",
+        help="self-test: each example's logits and the loss must be the same packed as padded",
+    )
+    inspect.add_argument(
+        "--model",
+        default="random:tiny",
+        help="model for --check-packing (any spec finetune accepts); random:tiny needs no download",
+    )
+    inspect.add_argument(
+        "--check-examples", type=int, default=16, help="examples the packing self-test uses"
+    )
     inspect.set_defaults(run=run)
 
     builtin = actions.add_parser(
@@ -186,6 +199,8 @@ def _token_report(args, records, style, tokenizer) -> int:
 
     if args.show_labels:
         _show_labels(dataset, tokenizer, limit, args.show_labels)
+    if args.check_packing:
+        _check_packing(args, dataset, tokenizer, limit)
     if args.plot:
         from instructkit.plots import plot_length_histogram
 
@@ -201,6 +216,28 @@ def _token_report(args, records, style, tokenizer) -> int:
     if problems:
         raise DataError(problems)
     return 0
+
+
+def _check_packing(args, dataset, tokenizer, limit: int) -> None:
+    """Run the packed-vs-padded self-test on the first examples of the user's data."""
+    from instructkit.errors import UserError
+    from instructkit.model import load_pretrained
+    from instructkit.model.packing_check import TOLERANCE, check_packing
+
+    model, _ = load_pretrained(args.model, tokenizer=tokenizer)
+    max_length = min(limit, model.config.context_length)
+    check = check_packing(model, dataset.examples[: args.check_examples], tokenizer.eos_id, max_length)
+    print(
+        f"packing self-test ({args.model}, {check.examples} examples in {check.packed_rows} "
+        f"packed rows): max logit difference {check.max_logit_difference:.2e}, loss padded "
+        f"{check.loss_padded:.6f} vs packed {check.loss_packed:.6f}"
+    )
+    if not check.passed:
+        raise UserError(
+            f"packing self-test failed: packed examples differ from padded ones by more than "
+            f"{TOLERANCE} (see the numbers above); train without --pack"
+        )
+    print("  passed: packing changes nothing the model computes")
 
 
 def _show_labels(dataset, tokenizer, limit: int, count: int) -> None:
