@@ -114,6 +114,7 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, nh, S, hs), S = past + T
+            k, v = k.to(q.dtype), v.to(q.dtype)  # the cache keeps the weights' dtype under autocast
         y = F.scaled_dot_product_attention(
             q,
             k,
