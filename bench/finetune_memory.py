@@ -7,7 +7,7 @@ once with packed rows of `--pack-length` tokens, each in a fresh process so its 
 memory is its own. Tokens/s counts real target tokens (not padding, not ignored) over
 the timed steps; the first step is a warm-up and not timed.
 
-    python bench/finetune_memory.py [--steps 20] [--pack-rows 1] [--pack-length 1024]
+    python bench/finetune_memory.py [--steps 20] [--pack-rows 1] [--pack-length 1024] [--threads N]
 
 The GPT-2 vocabulary cannot be downloaded offline; a byte-level BPE (8,000 tokens)
 trained on the records stands in, so sequences are shorter than with GPT-2's own.
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--pack-rows", type=int, default=1, help="packed rows per step")
     parser.add_argument("--pack-length", type=int, default=1024, help="tokens per packed row")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one in this process
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -96,6 +97,10 @@ def main() -> None:
         sys.exit(f"{BOOK_DATA} not found: this benchmark needs the book's data")
 
     if args.variant:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         with tempfile.TemporaryDirectory() as out:
             result = run_variant(
                 args.model_dir, str(Path(out) / "run"), args.steps, args.variant == "packed",
@@ -112,7 +117,7 @@ def main() -> None:
                 sys.executable, __file__, "--variant", variant, "--model-dir", str(model_dir),
                 "--steps", str(args.steps), "--pack-rows", str(args.pack_rows),
                 "--pack-length", str(args.pack_length),
-            ]  # fmt: skip
+            ] + (["--threads", str(args.threads)] if args.threads else [])  # fmt: skip
             done = subprocess.run(command, check=True, capture_output=True, text=True)
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     print(f"{'variant':<22}{'tok/step':>10}{'s/step':>9}{'tok/s':>9}{'peak RSS GiB':>14}")
@@ -123,7 +128,11 @@ def main() -> None:
             + (f"  peak CUDA {r['peak_cuda_gib']:.2f} GiB" if r["peak_cuda_gib"] else "")
         )
     ratio = results[1]["target_tokens_per_s"] / results[0]["target_tokens_per_s"]
-    print(f"packed / padded tokens/s: {ratio:.2f}x ({results[0]['device']}, {args.steps} steps)")
+    threads = args.threads or "default"
+    print(
+        f"packed / padded tokens/s: {ratio:.2f}x "
+        f"({results[0]['device']}, {args.steps} steps, threads {threads})"
+    )
     print(json.dumps(results))
 
 

@@ -20,6 +20,17 @@ from instructkit.data import format_input
 from instructkit.model import load_pretrained, read_metadata
 from instructkit.tokenizer import train_tokenizer
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a small shared CPU box, torch's spinning worker threads
+    make tiny models 10-100x slower. Restored afterwards for other test modules."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 FLAGS = [
     "--data",
     "--model",
@@ -142,15 +153,22 @@ def test_resume_from_the_run_dir_alone(files, tmp_path, capsys):
         (["--model", "random:tiny", "--tokenizer", "none"], "comes without a tokenizer"),
         (["--batch-size", "0", "--epochs", "0"], "error: epochs: must be at least 1"),
         (["--config", "{cfg}"], "settings.yaml: unknown setting 'learning_rate'"),
+        (["--data", "{missing}"], "missing.json"),
     ],
 )
 def test_errors_exit_2_with_one_line_each(files, tmp_path, capsys, extra, message):
     (tmp_path / "settings.yaml").write_text("learning_rate: 1\n")
-    extra = [e.replace("{cfg}", str(tmp_path / "settings.yaml")) for e in extra]
+    extra = [
+        e.replace("{cfg}", str(tmp_path / "settings.yaml")).replace(
+            "{missing}", str(tmp_path / "missing.json")
+        )
+        for e in extra
+    ]
     assert main([*base_args(files, tmp_path / "run"), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert all(line.startswith("error: ") for line in err.strip().splitlines())
+    assert not (tmp_path / "run").exists()  # a failed setup leaves no run dir to refuse later
 
 
 def test_refuses_a_used_run_dir(files, tmp_path, capsys):

@@ -17,6 +17,16 @@ from instructkit.model.lora import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a small shared CPU box, torch's spinning worker threads
+    make tiny models 10-100x slower. Restored afterwards for other test modules."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_model(seed: int = 0) -> GPTModel:
     torch.manual_seed(seed)
     return GPTModel(GPTConfig(vocab_size=97, context_length=16, emb_dim=32, n_heads=2, n_layers=2))

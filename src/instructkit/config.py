@@ -166,10 +166,6 @@ class FinetuneConfig:
         if problems:
             raise UserError(problems)
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

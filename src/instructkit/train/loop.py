@@ -60,8 +60,10 @@ RUN_ARTIFACTS = (
     "report.md",
 )
 # Settings a resumed run may change without breaking the exact continuation of the data
-# order, the model and the optimizer (epochs/max_steps extend or shorten the run).
+# order, the model and the optimizer (epochs/max_steps extend or shorten the run; the run
+# dir may have moved).
 RESUME_MAY_CHANGE = {
+    "out",
     "epochs",
     "max_steps",
     "eval_every",
@@ -153,12 +155,6 @@ def _finetune(
     # ---- setup: run dir, data, model, optimizer -------------------------------------
     checkpoint = check_run_dir(config, resume, overwrite)  # every rank, before any write
     distributed.barrier(info)
-    if info.is_main:
-        if overwrite:
-            remove_run_artifacts(out)
-        save_config(config, out / "config.yaml")
-    distributed.barrier(info)
-
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     train_records, val_records = load_splits(config, records)
@@ -230,6 +226,11 @@ def _finetune(
     autocast = torch.autocast(
         device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16(config, device)
     )
+    if info.is_main:  # setup worked: now the run dir becomes this run's
+        if overwrite:
+            remove_run_artifacts(out)
+        save_config(config, out / "config.yaml")
+    distributed.barrier(info)
 
     position, pending_rng = Position(), None
     initial_train_loss = initial_val_loss = val_loss = None
