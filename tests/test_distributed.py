@@ -76,7 +76,7 @@ def _gradient_worker(rank: int, init_file: str, state: dict, batches: list, out:
     module = torch.nn.parallel.DistributedDataParallel(LossModule(model))
     info = Dist(rank=rank, world_size=2, local_rank=rank)
     micro = [batches[rank], batches[rank + 2]]
-    loss, tokens = accumulate_gradients(module, micro, info, torch.device("cpu"), nullcontext())
+    loss, tokens, _ = accumulate_gradients(module, micro, info, torch.device("cpu"), nullcontext())
     (loss_sum,) = sum_across([loss], info, torch.device("cpu"))
     if rank == 0:
         grads = {n: p.grad for n, p in model.named_parameters()}
@@ -92,7 +92,7 @@ def test_ddp_gradients_equal_one_process(records, tokenizer, tmp_path):
     torch.manual_seed(0)
     model = GPTModel(MODEL)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    loss, tokens = accumulate_gradients(
+    loss, tokens, _ = accumulate_gradients(
         LossModule(model), batches, Dist(), torch.device("cpu"), nullcontext()
     )
 

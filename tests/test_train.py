@@ -114,7 +114,7 @@ def test_accumulated_micro_batches_equal_one_big_batch(records, tokenizer, mask_
 
     def gradients(micro):
         model.zero_grad()
-        loss, tokens = accumulate_gradients(
+        loss, tokens, _ = accumulate_gradients(
             module, micro, Dist(), torch.device("cpu"), nullcontext()
         )
         return loss / tokens, [p.grad.clone() for p in model.parameters()]
@@ -157,6 +157,7 @@ def test_finetune_learns_and_logs(records, tokenizer, tmp_path, capsys):
         "step",
         "epoch",
         "tokens_seen",
+        "records_seen",
         "train_loss",
         "val_loss",
         "lr",
@@ -166,6 +167,7 @@ def test_finetune_learns_and_logs(records, tokenizer, tmp_path, capsys):
     # 40 training records / batch 4 = 10 batches per epoch: step 12 is 1.2 epochs
     assert rows[-1]["epoch"] == pytest.approx(1.2)
     assert rows[-1]["tokens_seen"] == result.tokens_seen > 0
+    assert rows[-1]["records_seen"] == 12 * 4  # 12 steps of batch 4
     assert all(row["tokens_per_s"] > 0 for row in rows[1:])
     assert rows[1]["lr"] == 3e-3
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())

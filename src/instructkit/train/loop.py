@@ -211,7 +211,11 @@ def _finetune(
         total_steps = min(total_steps, config.max_steps)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # The fused kernel updates each tensor in one pass: on CPU about 3x faster than the
+    # default per-tensor loop, which costs as much as a forward pass for gpt2-small.
+    optimizer = torch.optim.AdamW(
+        params, lr=config.lr, weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda")
+    )
     scheduler = build_scheduler(
         optimizer, total_steps, config.warmup_steps, config.lr_schedule, config.min_lr_ratio
     )
@@ -254,6 +258,7 @@ def _finetune(
                     "step": 0,
                     "epoch": 0.0,
                     "tokens_seen": 0,
+                    "records_seen": 0,
                     "train_loss": initial_train_loss,
                     "val_loss": initial_val_loss,
                     "lr": scheduler.get_last_lr()[0],
@@ -280,11 +285,11 @@ def _finetune(
             if batches is None:
                 batches = open_epoch(train_loader, position, pending_rng)
                 pending_rng = None
+            tick = time.perf_counter()  # the step's time includes collating its batches
             micro = list(itertools.islice(batches, config.grad_accum))
             lr = scheduler.get_last_lr()[0]
-            tick = time.perf_counter()
 
-            local_loss, step_tokens = accumulate_gradients(
+            local_loss, step_tokens, step_records = accumulate_gradients(
                 train_module, micro, info, device, autocast
             )
             global_loss_sum, stop_votes = distributed.sum_across(
@@ -307,6 +312,7 @@ def _finetune(
             position.step += 1
             position.batch_index += len(micro)
             position.tokens_seen += int(step_tokens)
+            position.records_seen += int(step_records)
             if position.batch_index >= batches_per_epoch:
                 position.epoch, position.batch_index, batches = position.epoch + 1, 0, None
             counters["loss_sum"] += global_loss_sum
@@ -339,6 +345,7 @@ def _finetune(
                             "step": position.step,
                             "epoch": round(epoch, 6),
                             "tokens_seen": position.tokens_seen,
+                            "records_seen": position.records_seen,
                             "train_loss": counters["loss_sum"] / max(counters["tokens"], 1.0),
                             "val_loss": val_loss,
                             "lr": lr,
@@ -477,17 +484,18 @@ def use_bf16(config: FinetuneConfig, device: torch.device) -> bool:
 
 def accumulate_gradients(
     train_module: nn.Module, micro: list, info: distributed.Dist, device, autocast
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     """Backward over one optimizer step's micro-batches; the gradient is that of the mean
     loss over all target tokens of the step on all ranks.
 
     The step's target tokens are counted first (summed over ranks), each micro-batch's
     summed loss is divided by that count, and DDP's averaging over ranks is undone by
     `world_size`; gradients sync once, on the last micro-batch. Returns this rank's loss
-    sum and the global target count.
+    sum, and the global target and record counts.
     """
     local_tokens = sum(batch.num_target_tokens for batch in micro)
-    (step_tokens,) = distributed.sum_across([local_tokens], info, device)
+    local_records = sum(batch.num_records for batch in micro)
+    step_tokens, step_records = distributed.sum_across([local_tokens, local_records], info, device)
     scale = info.world_size / max(step_tokens, 1.0)
     loss_sum = torch.zeros((), device=device)
     train_module.train()
@@ -502,7 +510,7 @@ def accumulate_gradients(
                 )
             (batch_loss * scale).backward()
         loss_sum += batch_loss.detach().float()
-    return loss_sum.item(), step_tokens
+    return loss_sum.item(), step_tokens, step_records
 
 
 def open_epoch(loader, position: Position, rng: dict | None) -> Iterator:

@@ -39,6 +39,7 @@ class Position:
     epoch: int = 0
     batch_index: int = 0
     tokens_seen: int = 0
+    records_seen: int = 0
     counters: dict[str, float] = field(default_factory=dict)
 
 
