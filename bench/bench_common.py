@@ -1,0 +1,206 @@
+"""What the fine-tuning and generation benchmarks share: data, tokenizer, peak, contenders.
+
+The data is the book's 1,100 records with the book's split and prompt format. The GPT-2
+vocabulary cannot be downloaded on offline machines; then a byte-level BPE trained on
+the records stands in (the model keeps GPT-2's 50,257-row embedding either way), and
+the bench says which one it used.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from book_reference import BookGPT, book_collate, calc_loss_batch
+
+BOOK_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
+GPT2_SMALL = {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12,
+              "n_layers": 12, "drop_rate": 0.0, "qkv_bias": True}
+BATCH_SIZE = 8
+LR, WEIGHT_DECAY = 5e-5, 0.1
+
+
+def book_format_input(entry: dict) -> str:
+    """The book's format_input (alpaca style)."""
+    instruction = ("Below is an instruction that describes a task. Write a response that "
+                   f"appropriately completes the request.\n\n### Instruction:\n{entry['instruction']}")
+    input_text = f"\n\n### Input:\n{entry['input']}" if entry["input"] else ""
+    return instruction + input_text
+
+
+def load_book_split() -> tuple[list[dict], list[dict], list[dict]]:
+    data = json.loads(BOOK_DATA.read_text(encoding="utf-8"))
+    n_train, n_test = int(len(data) * 0.85), int(len(data) * 0.1)
+    return data[:n_train], data[n_train:n_train + n_test], data[n_train + n_test:]
+
+
+def build_tokenizer():
+    """tiktoken's GPT-2 when its vocabulary can be had, else a BPE trained on the data."""
+    from instructkit.errors import UserError
+    from instructkit.tokenizer import load_tokenizer, train_tokenizer
+
+    try:
+        return load_tokenizer("gpt2")
+    except UserError:
+        records = json.loads(BOOK_DATA.read_text(encoding="utf-8"))
+        texts = [book_format_input(r) + f"\n\n### Response:\n{r['output']}" for r in records]
+        return train_tokenizer(texts, vocab_size=8000)
+
+
+def gpt2_small_params() -> int:
+    """Parameters of gpt2-small with a tied head (124M): what 6N FLOP per token counts."""
+    d, layers, vocab, ctx = GPT2_SMALL["emb_dim"], GPT2_SMALL["n_layers"], 50257, 1024
+    per_block = 12 * d * d + 13 * d
+    return vocab * d + ctx * d + layers * per_block + 2 * d
+
+
+def measure_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """fp32 FLOP/s of a large square matmul: the machine's practical ceiling."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start))
+    return best
+
+
+def encode_book(records: list[dict], tokenizer) -> tuple[list[list[int]], list[int]]:
+    """Token ids of prompt + response for each record, and each prompt's length."""
+    ids, prompt_lengths = [], []
+    for record in records:
+        prompt = book_format_input(record)
+        ids.append(tokenizer.encode(prompt + f"\n\n### Response:\n{record['output']}"))
+        prompt_lengths.append(len(tokenizer.encode(prompt)))
+    return ids, prompt_lengths
+
+
+def timed_steps(batches, step: Callable[[object], int], steps: int) -> dict:
+    """Runs one warm-up step, then `steps` timed ones; `step` returns its real target count."""
+    iterator = iter(batches)
+    step(next(iterator))
+    tokens = records = 0
+    start = time.perf_counter()
+    for _ in range(steps):
+        batch = next(iterator)
+        tokens += step(batch)
+        records += BATCH_SIZE
+    wall = time.perf_counter() - start
+    return {"records_per_s": records / wall, "target_tokens_per_s": tokens / wall, "wall_s": wall,
+            "target_tokens": tokens, "records": records}
+
+
+def book_contender(mask_prompt: bool) -> Callable:
+    def run(train: list[dict], tokenizer, steps: int, seed: int) -> dict:
+        model = BookGPT({**GPT2_SMALL, "vocab_size": 50257})
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+        ids, prompt_lengths = encode_book(train, tokenizer)
+        items = list(zip(ids, prompt_lengths))
+
+        def collate(batch):
+            masks = [p for _, p in batch] if mask_prompt else None
+            return book_collate([i for i, _ in batch], pad_token_id=tokenizer.eos_id,
+                                allowed_max_length=1024, mask_prompt_lengths=masks)
+
+        loader = DataLoader(items, batch_size=BATCH_SIZE, shuffle=True, drop_last=True,
+                            collate_fn=collate, generator=torch.Generator().manual_seed(seed))
+
+        def step(batch) -> int:
+            inputs, targets = batch
+            optimizer.zero_grad()
+            loss = calc_loss_batch(inputs, targets, model)
+            loss.backward()
+            optimizer.step()
+            return int((targets != -100).sum())
+
+        return timed_steps(loader, step, steps)
+
+    return run
+
+
+def trl_contender(completion_only: bool) -> Callable:
+    def run(train: list[dict], tokenizer, steps: int, seed: int) -> dict:
+        import tempfile
+
+        from datasets import Dataset
+        from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, TrainerCallback
+        from trl import SFTConfig, SFTTrainer
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer.save(Path(tmp))
+            hf_tokenizer = PreTrainedTokenizerFast.from_pretrained(tmp)
+        hf_tokenizer.pad_token = hf_tokenizer.eos_token
+        config = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                            bos_token_id=tokenizer.eos_id, eos_token_id=tokenizer.eos_id)
+        model = GPT2LMHeadModel(config)
+        rows = [{"prompt": book_format_input(r) + "\n\n### Response:\n", "completion": r["output"]}
+                for r in train]
+        if not completion_only:
+            rows = [{"text": row["prompt"] + row["completion"]} for row in rows]
+        args = SFTConfig(output_dir=tempfile.mkdtemp(), max_steps=steps + 1, per_device_train_batch_size=BATCH_SIZE,
+                         learning_rate=LR, weight_decay=WEIGHT_DECAY, lr_scheduler_type="constant",
+                         logging_steps=10_000, save_strategy="no", report_to=[], use_cpu=True,
+                         dataloader_drop_last=True, max_length=1024, packing=False, seed=seed,
+                         completion_only_loss=completion_only, dataset_num_proc=None)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                             processing_class=hf_tokenizer)
+        counts: list[int] = []
+        collate = trainer.data_collator
+
+        def counting_collate(examples):
+            batch = collate(examples)
+            counts.append(int((batch["labels"][:, 1:] != -100).sum()))
+            return batch
+
+        trainer.data_collator = counting_collate
+        times: list[float] = []
+
+        class StepTimer(TrainerCallback):
+            def on_step_begin(self, *_, **__):
+                times.append(time.perf_counter())
+
+            def on_step_end(self, *_, **__):
+                times[-1] = time.perf_counter() - times[-1]
+
+        trainer.add_callback(StepTimer())
+        trainer.train()
+        # Step 0 is the warm-up; the collate of step k+1 may run before step k ends, so count
+        # the tokens of the batches of the timed steps (1..steps), not of the last collated.
+        wall = sum(times[1:steps + 1])
+        tokens = sum(counts[1:steps + 1])
+        records = steps * BATCH_SIZE
+        return {"records_per_s": records / wall, "target_tokens_per_s": tokens / wall, "wall_s": wall,
+                "target_tokens": tokens, "records": records}
+
+    return run
+
+
+def ours_contender(**options) -> Callable:
+    def run(train: list[dict], tokenizer, steps: int, seed: int) -> dict:
+        from ours_runner import run_instructkit
+
+        return run_instructkit(train, tokenizer, steps, seed, **options)
+
+    return run
+
+
+CONTENDERS: dict[str, Callable] = {
+    "book": book_contender(mask_prompt=False),
+    "trl": trl_contender(completion_only=False),
+    "ours": ours_contender(),
+    "ours-grouped": ours_contender(group_by_length=True),
+    "ours-packed": ours_contender(pack=True),
+    "book-masked": book_contender(mask_prompt=True),
+    "trl-masked": trl_contender(completion_only=True),
+    "ours-masked": ours_contender(mask_prompt=True),
+    "ours-masked-packed": ours_contender(mask_prompt=True, pack=True),
+}
