@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import itertools
 import random
 import tempfile
 from collections.abc import Callable
@@ -27,42 +28,62 @@ from instructkit.errors import UserError
 
 # Records per family come in the book's 85/10/5 proportions, so the written file,
 # which lists train, then test, then val, splits back the same way with `split_book`.
-TRAIN_PER_FAMILY, TEST_PER_FAMILY, VAL_PER_FAMILY = 102, 12, 6
+TRAIN_PER_FAMILY, TEST_PER_FAMILY, VAL_PER_FAMILY = 408, 48, 24
 INPUT_FRACTION = 1 / 3
 
-# Short common words (3-5 letters): reversed and capitalised letter by letter, counted
-# and picked from lists.
+# Short common words (3-5 letters): reversed and sorted letter by letter, counted and
+# picked from lists.
 WORDS = """
-cat dog sun hat box cup pen bed red map car bus fox egg ant owl pig cow hen bat rat jar
-jam key kit lid log mud net nut oak pan pot rug sea sky toy van web yak zip arm leg ear
-eye lip toe fan fig ham ice ink job joy kid lab mat mix mop nap oil pie pin pod ram rim
-row rod sad sip tab tag tap tin top tub wig wax win yes zoo
-ball bell bird boat bone book cake card coat corn desk door drum duck fish flag frog gate
-gift girl goat gold hand harp hill home horn iron jump kite lamp leaf lion milk moon nest
-note park pear pink pond rain ring road rock rose salt sand seed ship shoe sock star tent
-tree vase wall wave wind wolf yard bear blue cold dark farm fire fork glow jazz king lake
-mask nose oven palm quiz rope soap tail town wing
-apple beach bread brick chair chalk cloud clock crown dance eagle fence field flame glass
-grape grass heart horse house juice knife lemon light mango melon money mouse night ocean
-onion paint paper peach piano pilot plant plate queen quilt river robot salad sheep shelf
-smile snake spoon storm sugar table tiger toast tooth train truck water whale wheel world
-zebra
+cat dog sun hat box cup pen bed red map car bus fox egg ant owl pig cow hen bat rat jar jam
+key kit lid log mud net nut oak pan pot rug sea sky toy van web yak zip arm leg ear eye lip
+toe fan fig ham ice ink job joy kid lab mat mix mop nap oil pie pin pod ram rim row rod sad
+sip tab tag tap tin top tub wig wax win yes zoo ball bell bird boat bone book cake card coat
+corn desk door drum duck fish flag frog gate gift girl goat gold hand harp hill home horn
+iron jump kite lamp leaf lion milk moon nest note park pear pink pond rain ring road rock
+rose salt sand seed ship shoe sock star tent tree vase wall wave wind wolf yard bear blue
+cold dark farm fire fork glow jazz king lake mask nose oven palm quiz rope soap tail town
+wing apple beach bread brick chair chalk cloud clock crown dance eagle fence field flame
+glass grape grass heart horse house juice knife lemon light mango melon money mouse night
+ocean onion paint paper peach piano pilot plant plate queen quilt river robot salad sheep
+shelf smile snake spoon storm sugar table tiger toast tooth train truck water whale wheel
+world zebra bee bug cab can cap cub den dot elk gem gum hut jet jug mug oar pad paw peg tip
+bag bar bin bow dam fin hog band bank barn beak bean belt bike boot bowl bulb cape cart cave
+cent chin clam coin comb cone cord crab crib crow cube dart dime disk dock doll dome dove
+dune film fist flea gear germ gown hawk hook hose jeep knot lamb lane lock mast mint mole
+nail page pail pill pipe plum pole pool pump raft rail rake reed robe roof room root sail
+seal seat shed sign silo sink slug sofa soup spot stem step swan tank tile toad tool tube
+vest vine wand wasp well worm badge bench cabin camel canoe cedar cider cliff coral couch
+crane daisy diner flute gecko ghost glove goose honey igloo jelly kayak koala ladle lemur
+llama magic maple medal metal moose nurse olive otter panda pearl pedal pizza plank pouch
+prism puppy raven ruler scarf shark skirt sloth spear squid stamp stick stone straw sweet
+tulip tunic vapor wagon waltz wheat
 """.split()
 
 # Regular nouns, grouped by the plural rule they follow (see `plural`).
 NOUNS = """
-cat dog hat cup pen bed map car egg pig cow hen rat jar key lid log net pan pot rug toy
-van fan pin bell bird boat bone book cake card coat drum duck flag frog gate gift girl
-goat hand hill kite lamp lion nest note pear pond ring road rock rose seed ship shoe sock
-star tent tree vase wall wave apple chair cloud clock crown eagle fence field flame grape
-heart horse house lemon melon onion plate river robot snake spoon table tiger train truck
-whale wheel zebra day boy tray monkey donkey valley chimney turkey
-box fox bus glass dress class kiss cross bench beach coach couch inch lunch match patch
-peach watch witch church torch brush dish wish bush flash ditch sketch branch ranch pouch
-sandwich wrench splash
-city baby lady party story puppy berry cherry penny pony body copy fly spy army candy
-daisy diary duty enemy family hobby jelly lily ruby study library factory country bunny
-pantry battery bakery memory lorry poppy
+cat dog hat cup pen bed map car egg pig cow hen rat jar key lid log net pan pot rug toy van
+fan pin bell bird boat bone book cake card coat drum duck flag frog gate gift girl goat hand
+hill kite lamp lion nest note pear pond ring road rock rose seed ship shoe sock star tent
+tree vase wall wave apple chair cloud clock crown eagle fence field flame grape heart horse
+house lemon melon onion plate river robot snake spoon table tiger train truck whale wheel
+zebra day boy tray monkey donkey valley chimney turkey ant bee bug cab can cap cub den dot
+gem gum hut jet jug mug oar pad paw peg bag bar bin bow dam fin hog band bank barn beak bean
+belt bike boot bowl bulb cape cart cave cent chin clam coin comb cone cord crab crib crow
+cube dart dime disk dock doll dome dove dune film fist flea gear germ gown hawk hook hose
+jeep knot lamb lane lock mast mint mole nail page pail pill pipe plum pole pool pump raft
+rail rake reed robe roof room root sail seal seat shed sign silo sink slug sofa stem step
+swan tank tile toad tool tube vest vine wand wasp worm badge cabin camel canoe cedar cliff
+crane diner flute gecko ghost glove igloo kayak koala ladle lemur llama maple medal nurse
+otter panda pearl pedal plank raven ruler scarf shark skirt sloth spear squid stamp stick
+stone straw tulip tunic wagon jockey trolley alley jersey journey ray bay jay essay highway
+holiday runway subway birthday box fox bus glass dress class kiss cross bench beach coach
+couch inch lunch match patch peach watch witch church torch brush dish wish bush flash ditch
+sketch branch ranch pouch sandwich wrench splash boss bunch compass crutch fax hatch latch
+leash lens mass moss notch pass punch rash sash stitch switch tax trench virus circus speech
+ostrich marsh lash blush thrush city baby lady party story puppy berry cherry penny pony
+body copy fly spy army candy daisy diary duty enemy family hobby jelly lily ruby study
+library factory country bunny pantry battery bakery memory lorry poppy fairy ferry jury
+trophy pastry kitty lobby sky belly tummy jetty cavity colony county galaxy nursery
 """.split()
 
 # Regular verbs that do not double their last consonant (see `past_tense`).
@@ -70,14 +91,22 @@ VERBS = """
 walk jump play talk help look open paint pull push rain kick pick pack cook clean climb
 count fill fix mix end start want wash wish work yell learn listen laugh melt park print
 rest roll sail shout sort spell turn visit wait watch float burn call check crawl dream
-enjoy stay obey pray spray delay destroy annoy employ guard hunt lift mark need order
-plant point pour reach remain repeat return touch treat trust fetch answer enter offer
-bake smile dance close like love move hope live joke race share skate smoke taste wave
-bounce chase decide arrive believe care change compare escape hate invite measure name
-notice place prepare promise rescue score serve slice sneeze squeeze tickle trace use
-wipe whistle agree tie
-cry try carry study hurry marry copy worry reply fry dry bury apply tidy empty envy pity
-deny rely supply spy multiply identify satisfy terrify vary occupy
+enjoy stay obey pray spray delay destroy annoy employ guard hunt lift mark need order plant
+point pour reach remain repeat return touch treat trust fetch answer enter offer act add ask
+bark beam boil bump camp chew cough crash crush dash drift droop dust earn fail farm fear
+fish flash fold form frown gasp greet grill growl guess honk howl knock land lick link load
+lock mend miss moan peel pump punch rush scold scream seem shift sigh snack snort squeak
+stamp steer stitch sulk swirl thank toast trick twist warn weed whisk wink yawn zoom bake
+smile dance close like love move hope live joke race share skate smoke taste wave bounce
+chase decide arrive believe care change compare escape hate invite measure name notice place
+prepare promise rescue score serve slice sneeze squeeze tickle trace use wipe whistle agree
+tie admire blame breathe bubble cause chuckle crumble cure dare dine doze excite explore
+fade file fire giggle glide graze guide hike ignore improve include juggle mumble nibble
+pause pile praise pose prove raise rattle recycle rhyme rule save scare shave snore sparkle
+stare store stroke struggle tackle tease tire trade tumble type vote wade wobble wrinkle cry
+try carry study hurry marry copy worry reply fry dry bury apply tidy empty envy pity deny
+rely supply spy multiply identify satisfy terrify vary occupy ferry magnify notify purify
+qualify scurry simplify verify clarify classify glorify justify modify specify
 """.split()
 
 # Words whose misspellings the spelling family corrects.
@@ -99,10 +128,10 @@ PHRASES = {
         "Write these letters backwards",
         "List these letters in reverse order",
     ),
-    "uppercase": (
-        "Write these letters in upper case",
-        "Convert these letters to capital letters",
-        "Change each of these letters to a capital",
+    "sort_letters": (
+        "Put these letters in alphabetical order",
+        "Sort these letters from a to z",
+        "Arrange these letters alphabetically",
     ),
     "sort": (
         "Sort these numbers from smallest to largest",
@@ -149,10 +178,10 @@ PHRASES = {
         "Fix the misspelled word",
         "Write this word with the correct spelling",
     ),
-    "add": (
-        "Add these two numbers",
-        "What is the sum of these numbers",
-        "Calculate the total of these numbers",
+    "next_number": (
+        "What number comes after this one",
+        "Add one to this number",
+        "Give the next whole number after this one",
     ),
     "number_words": (
         "Write this number in words",
@@ -181,12 +210,15 @@ def past_tense(verb: str) -> str:
 
 
 def number_words(n: int) -> str:
-    """0-99 in English words, hyphenated like forty-seven."""
-    if n < 10:
-        return ONES[n]
-    if n < 20:
-        return TEENS[n - 10]
-    tens, ones = divmod(n, 10)
+    """0-999 in English words, American style: three hundred forty-seven."""
+    hundreds, rest = divmod(n, 100)
+    if hundreds:
+        return f"{ONES[hundreds]} hundred" + (f" {number_words(rest)}" if rest else "")
+    if rest < 10:
+        return ONES[rest]
+    if rest < 20:
+        return TEENS[rest - 10]
+    tens, ones = divmod(rest, 10)
     return TENS[tens] if ones == 0 else f"{TENS[tens]}-{ONES[ones]}"
 
 
@@ -206,18 +238,15 @@ def misspellings(word: str) -> list[str]:
 # pools, so families sharing a domain never train on another family's held-out item.
 
 
-def _number_sets(rng: random.Random) -> list[str]:
-    keys: dict[str, None] = {}
-    while len(keys) < 2000:
-        numbers = sorted(rng.sample(range(1, 21), rng.randint(3, 5)))
-        keys[",".join(map(str, numbers))] = None
-    return list(keys)
+def _digit_sets(rng: random.Random) -> list[str]:
+    """Every set of 3-5 distinct digits (582 of them), each digit one token to compare."""
+    return [",".join(map(str, c)) for n in (3, 4, 5) for c in itertools.combinations(range(10), n)]
 
 
 def _word_lists(rng: random.Random) -> list[str]:
     keys: dict[str, None] = {}
     while len(keys) < 2000:
-        keys[",".join(sorted(rng.sample(WORDS, rng.randint(2, 6))))] = None
+        keys[",".join(sorted(rng.sample(WORDS, rng.randint(2, 5))))] = None
     return list(keys)
 
 
@@ -230,22 +259,19 @@ def _typos(rng: random.Random) -> list[str]:
     return [typo for typo, words in sources.items() if len(words) == 1 and typo not in real]
 
 
-def _pairs(rng: random.Random) -> list[str]:
-    return [f"{a},{b}" for a in range(1, 20) for b in range(a, 20)]
-
-
 DOMAINS: dict[str, Callable[[random.Random], list[str]]] = {
     "word": lambda rng: list(WORDS),
-    "numbers": _number_sets,
+    "numbers": _digit_sets,
     "word_list": _word_lists,
     "noun": lambda rng: list(NOUNS),
     "verb": lambda rng: list(VERBS),
     "typo": _typos,
-    "pair": _pairs,
-    "number": lambda rng: [str(n) for n in range(100)],
+    "number": lambda rng: [str(n) for n in range(1000)],
+    "count_to": lambda rng: [str(n) for n in range(1000)],
 }
 
-LEXICAL = ("word", "noun", "verb")  # domains whose keys are plain words
+# Domains whose keys are the same kind of thing: plain words, whole numbers.
+SHARED_KEYS = (("word", "noun", "verb"), ("number", "count_to"))
 
 _TYPO_SOURCE = {typo: word for word in SPELLING_WORDS for typo in misspellings(word)}
 
@@ -268,8 +294,8 @@ def _reverse(key: str, rng: random.Random) -> tuple[str, str, str]:
     return rng.choice(PHRASES["reverse"]), _spaced(key), _spaced(key[::-1])
 
 
-def _uppercase(key: str, rng: random.Random) -> tuple[str, str, str]:
-    return rng.choice(PHRASES["uppercase"]), _spaced(key), _spaced(key.upper())
+def _sort_letters(key: str, rng: random.Random) -> tuple[str, str, str]:
+    return rng.choice(PHRASES["sort_letters"]), _spaced(key), _spaced("".join(sorted(key)))
 
 
 def _sort(key: str, rng: random.Random) -> tuple[str, str, str]:
@@ -306,9 +332,8 @@ def _spelling(key: str, rng: random.Random) -> tuple[str, str, str]:
     return rng.choice(PHRASES["spelling"]), key, _TYPO_SOURCE[key]
 
 
-def _add(key: str, rng: random.Random) -> tuple[str, str, str]:
-    a, b = _shown(key, rng)
-    return rng.choice(PHRASES["add"]), f"{a} and {b}", str(int(a) + int(b))
+def _next_number(key: str, rng: random.Random) -> tuple[str, str, str]:
+    return rng.choice(PHRASES["next_number"]), key, str(int(key) + 1)
 
 
 def _number_words(key: str, rng: random.Random) -> tuple[str, str, str]:
@@ -328,7 +353,7 @@ class Family:
 
 FAMILIES: tuple[Family, ...] = (
     Family("reverse", "word", _reverse),
-    Family("uppercase", "word", _uppercase),
+    Family("sort_letters", "word", _sort_letters),
     Family("sort", "numbers", _sort),
     Family("largest_smallest", "numbers", _extreme),
     Family("count", "word_list", _count),
@@ -336,7 +361,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("plural", "noun", _plural),
     Family("past_tense", "verb", _past_tense),
     Family("spelling", "typo", _spelling, stratum=_TYPO_SOURCE.__getitem__),
-    Family("add", "pair", _add),
+    Family("next_number", "count_to", _next_number),
     Family("number_words", "number", _number_words),
 )
 FAMILY_NAMES = tuple(family.name for family in FAMILIES)
@@ -347,8 +372,8 @@ def canonical_item(family: str, item: str) -> str:
     domain = next(f.domain for f in FAMILIES if f.name == family)
     if domain == "word":
         key = item.replace(" ", "").lower()
-    elif domain in ("numbers", "pair"):
-        key = ",".join(str(n) for n in sorted(int(n) for n in item.replace(" and ", ",").split(",")))
+    elif domain == "numbers":
+        key = ",".join(sorted(item.replace(" ", "").split(",")))
     elif domain == "word_list":
         key = ",".join(sorted(word.strip() for word in item.split(",")))
     else:
@@ -362,15 +387,13 @@ def underlying_item(record: dict) -> str:
     return canonical_item(record["family"], item)
 
 
-def _pools(domain: str, seed: int, n_families: int) -> tuple[list[str], list[str], list[str]]:
-    """Split a domain's keys once into (train, test, val) pools, sized for its families."""
+def _pools(domain: str, seed: int) -> tuple[list[str], list[str], list[str]]:
+    """Split a domain's keys once into (train, test, val) pools; its families share them."""
     rng = random.Random(f"{seed}:domain:{domain}")
     keys = DOMAINS[domain](rng)
     rng.shuffle(keys)
-    n_test = min(TEST_PER_FAMILY * n_families, len(keys) // 8)
-    n_val = min(VAL_PER_FAMILY * n_families, len(keys) // 16)
-    assert n_test >= TEST_PER_FAMILY and n_val >= VAL_PER_FAMILY, domain
-    return keys[n_test + n_val :], keys[:n_test], keys[n_test : n_test + n_val]
+    n_held = TEST_PER_FAMILY + VAL_PER_FAMILY
+    return keys[n_held:], keys[:TEST_PER_FAMILY], keys[TEST_PER_FAMILY:n_held]
 
 
 def _train_keys(family: Family, pool: list[str], rng: random.Random) -> list[str]:
@@ -394,15 +417,13 @@ def _record(family: Family, key: str, rng: random.Random) -> dict:
 
 def builtin_splits(seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
     """(train, test, val) records, the same for the same seed; test and val items never train."""
-    users: dict[str, int] = {}
-    for family in FAMILIES:
-        users[family.domain] = users.get(family.domain, 0) + 1
-    pools = {domain: _pools(domain, seed, n) for domain, n in users.items()}
+    pools = {domain: _pools(domain, seed) for domain in DOMAINS}
     # A word held out as a noun or verb must not train as letters to reverse, and so on.
-    held_out = {key for d in LEXICAL for key in pools[d][1] + pools[d][2]}
-    for domain in LEXICAL:
-        train_pool, test_pool, val_pool = pools[domain]
-        pools[domain] = [k for k in train_pool if k not in held_out], test_pool, val_pool
+    for group in SHARED_KEYS:
+        held_out = {key for d in group for key in pools[d][1] + pools[d][2]}
+        for domain in group:
+            train_pool, test_pool, val_pool = pools[domain]
+            pools[domain] = [k for k in train_pool if k not in held_out], test_pool, val_pool
     train, test, val = [], [], []
     for family in FAMILIES:
         rng = random.Random(f"{seed}:family:{family.name}")
