@@ -37,7 +37,9 @@ def item_text(record: dict) -> str:
 
 
 def phrase(record: dict) -> str:
-    return record["instruction"].rsplit(": ", 1)[0] if not record["input"] else record["instruction"]
+    return (
+        record["instruction"].rsplit(": ", 1)[0] if not record["input"] else record["instruction"]
+    )
 
 
 def test_same_seed_same_records_and_other_seed_differs():
@@ -87,6 +89,7 @@ def test_test_and_val_items_never_occur_in_train(splits):
     train_items = {underlying_item(record) for record in train}
     for record in test + val:
         assert underlying_item(record) not in train_items, record
+
     # Independently of `underlying_item`: no held-out item text, letters or set of
     # numbers/words occurs in any training record's item.
     def loose(record):
@@ -135,16 +138,16 @@ def one_edit(typo: str, word: str) -> bool:
     return len(diffs) == 2 and diffs[1] == diffs[0] + 1 and typo[diffs[0]] == word[diffs[1]]
 
 
-WORD_VALUES = {
-    **{w: i for i, w in enumerate("zero one two three four five six seven eight nine".split())},
-    **{
-        w: 10 + i
-        for i, w in enumerate(
-            "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
-        )
-    },
-    **{w: 20 + 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())},
-}
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+NUMBER_WORDS += ["ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen"]
+NUMBER_WORDS += ["seventeen", "eighteen", "nineteen"]
+WORD_VALUES = dict(zip(NUMBER_WORDS, range(20)))
+WORD_VALUES.update(
+    (word, 20 + 10 * i)
+    for i, word in enumerate(
+        ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+    )
+)
 
 
 def words_value(text: str) -> int:
@@ -202,14 +205,29 @@ def test_answers_are_correct(records):
 
 def test_known_word_forms():
     assert [builtin.plural(w) for w in ("cat", "box", "church", "city", "boy", "wish")] == [
-        "cats", "boxes", "churches", "cities", "boys", "wishes",
+        "cats",
+        "boxes",
+        "churches",
+        "cities",
+        "boys",
+        "wishes",
     ]
     assert [builtin.past_tense(w) for w in ("walk", "bake", "cry", "play", "fix")] == [
-        "walked", "baked", "cried", "played", "fixed",
+        "walked",
+        "baked",
+        "cried",
+        "played",
+        "fixed",
     ]
     assert [builtin.number_words(n) for n in (0, 7, 13, 40, 47, 100, 502, 999)] == [
-        "zero", "seven", "thirteen", "forty", "forty-seven", "one hundred",
-        "five hundred two", "nine hundred ninety-nine",
+        "zero",
+        "seven",
+        "thirteen",
+        "forty",
+        "forty-seven",
+        "one hundred",
+        "five hundred two",
+        "nine hundred ninety-nine",
     ]
 
 
@@ -224,7 +242,10 @@ def test_word_lists_have_no_duplicates_or_irregular_forms():
 
 def test_file_order_splits_back_with_the_book_split(splits):
     records = builtin_records(0)
-    train_end, test_end = int(len(records) * 0.85), int(len(records) * 0.85) + int(len(records) * 0.1)
+    train_end, test_end = (
+        int(len(records) * 0.85),
+        int(len(records) * 0.85) + int(len(records) * 0.1),
+    )
     assert (records[:train_end], records[train_end:test_end], records[test_end:]) == splits
     try:
         from instructkit.data.splits import split_book
