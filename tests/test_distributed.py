@@ -81,6 +81,7 @@ def _gradient_worker(rank: int, init_file: str, state: dict, batches: list, out:
     if rank == 0:
         grads = {n: p.grad for n, p in model.named_parameters()}
         torch.save({"grads": grads, "loss": loss_sum / tokens}, out)
+    dist.barrier()  # neither rank tears gloo down while the other still uses it
     dist.destroy_process_group()
 
 
