@@ -256,6 +256,9 @@ def test_write_builtin_writes_valid_json(tmp_path):
     assert json.loads(path.read_text(encoding="utf-8")) == builtin_records(3)
     assert load_instructions(path) == builtin_records(3)
     assert os.listdir(path.parent) == ["builtin.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_write_builtin_is_atomic(tmp_path, monkeypatch):
