@@ -30,35 +30,14 @@ from instructkit.data import (
 from instructkit.errors import UserError
 from instructkit.tokenizer import load_tokenizer, train_tokenizer
 
-BOOK_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import BOOK_DATA
+from book_reference import book_collate
+
 BATCH_SIZE = 8
 ALLOWED_MAX_LENGTH = 1024
 TARGET_SPEEDUP = 5.0
 TARGET_PACKED_EFFICIENCY = 0.97
-
-
-def book_collate(
-    batch, pad_token_id=50256, ignore_index=-100, allowed_max_length=None, device="cpu"
-):
-    """The reference: the book's custom_collate_fn (section 7.3), a Python loop per item."""
-    batch_max_length = max(len(item) + 1 for item in batch)
-    inputs_lst, targets_lst = [], []
-    for item in batch:
-        new_item = item.copy()
-        new_item += [pad_token_id]
-        padded = new_item + [pad_token_id] * (batch_max_length - len(new_item))
-        inputs = torch.tensor(padded[:-1])
-        targets = torch.tensor(padded[1:])
-        mask = targets == pad_token_id
-        indices = torch.nonzero(mask).squeeze()
-        if indices.numel() > 1:
-            targets[indices[1:]] = ignore_index
-        if allowed_max_length is not None:
-            inputs = inputs[:allowed_max_length]
-            targets = targets[:allowed_max_length]
-        inputs_lst.append(inputs)
-        targets_lst.append(targets)
-    return torch.stack(inputs_lst).to(device), torch.stack(targets_lst).to(device)
 
 
 def tokenizer_for(records):
