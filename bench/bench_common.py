@@ -14,9 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-
 from book_reference import BookGPT, book_collate, calc_loss_batch
+from torch.utils.data import DataLoader
 
 BOOK_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
 GPT2_SMALL = {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12,
@@ -132,7 +131,12 @@ def trl_contender(completion_only: bool) -> Callable:
         import tempfile
 
         from datasets import Dataset
-        from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, TrainerCallback
+        from transformers import (
+            GPT2Config,
+            GPT2LMHeadModel,
+            PreTrainedTokenizerFast,
+            TrainerCallback,
+        )
         from trl import SFTConfig, SFTTrainer
 
         with tempfile.TemporaryDirectory() as tmp:

@@ -20,7 +20,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ import torch
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from bench_common import (  # noqa: E402
+from bench_common import (
     BOOK_DATA,
     CONTENDERS,
     build_tokenizer,
@@ -75,7 +74,8 @@ def main() -> int:
         proc = subprocess.run(
             [sys.executable, __file__, "--contender", name, "--steps", str(args.steps),
              "--seed", str(args.seed)],
-            capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+            check=False, capture_output=True, text=True,
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
         )
         if proc.returncode != 0:
             print(f"{name}: failed\n{proc.stderr[-3000:]}")

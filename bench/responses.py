@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import BOOK_DATA, build_tokenizer, load_book_split  # noqa: E402
-from book_reference import generate_book  # noqa: E402
+from bench_common import BOOK_DATA, build_tokenizer, load_book_split
+from book_reference import generate_book
 
 
 def main() -> int:
