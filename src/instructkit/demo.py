@@ -23,7 +23,7 @@ from pathlib import Path
 
 from instructkit.errors import UserError
 
-STYLE = "alpaca"
+STYLE = "phi3"
 REAL_GPT2_COMMAND = "instructkit finetune --model gpt2-medium --data your.json --out runs/gpt2m"
 # Files the demo writes besides the run artifacts that `finetune` manages.
 DEMO_ARTIFACTS = ("data.json", "tokenizer", "untrained_responses.json")
@@ -54,24 +54,25 @@ class DemoPlan:
 
 FULL = DemoPlan(
     model="random:demo",
-    vocab_size=400,
-    epochs=12,
+    vocab_size=300,
+    epochs=4,
     batch_size=8,
     row_length=256,
     lr=2e-3,
     warmup_steps=20,
+    eval_every=200,
 )
 QUICK = DemoPlan(
     model="random:tiny",
-    vocab_size=400,
-    epochs=1,
-    batch_size=4,
+    vocab_size=300,
+    epochs=2,
+    batch_size=8,
     row_length=128,
-    lr=3e-3,
-    warmup_steps=5,
-    max_steps=40,
-    eval_every=20,
-    test_per_family=2,
+    lr=5e-3,
+    warmup_steps=10,
+    max_steps=200,
+    eval_every=100,
+    test_per_family=4,
 )
 
 
@@ -108,7 +109,7 @@ def run_demo(
     from instructkit.train import finetune
 
     plan = plan or (QUICK if quick else FULL)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     timings: dict[str, float] = {}
     stages = tqdm(total=6, desc="demo", unit="stage", disable=not progress, dynamic_ncols=True)
 
@@ -220,11 +221,18 @@ def run_demo(
             "parameters": sum(p.numel() for p in model.parameters()),
             "run": run,
             "max_new_tokens": max_new_tokens,
-            "timings": timings,
+            "timings": {name: seconds for name, seconds in timings.items() if name != "report"},
             "elapsed_s": elapsed,
+            "cpu_s": time.process_time() - cpu_started,
         }
-        write_report(out_dir / "report.md", facts, scores["metrics"], untrained, trained_records,
-                     untrained_records)
+        write_report(
+            out_dir / "report.md",
+            facts,
+            scores["metrics"],
+            untrained,
+            trained_records,
+            untrained_records,
+        )
         done()
 
     elapsed = time.perf_counter() - started
@@ -326,15 +334,19 @@ def summary_text(out_dir: Path, trained: dict, untrained: dict, facts: dict) -> 
         )
     lines += [
         "",
-        f"This {facts['parameters'] / 1e6:.1f}M-parameter GPT was trained from scratch, in "
-        f"{facts['elapsed_s'] / 60:.1f} minutes on the CPU, on the built-in toy tasks only:",
+        (
+            f"This {facts['parameters'] / 1e6:.1f}M-parameter GPT was trained from scratch, in "
+            f"{facts['elapsed_s'] / 60:.1f} minutes on the CPU, on the built-in toy tasks only:"
+        ),
         "it shows the pipeline working, it is not a general instruction follower.",
         "To fine-tune a real GPT-2 where its weights can be downloaded:",
         f"  {REAL_GPT2_COMMAND}",
         "",
         f"Run directory: {out_dir}",
-        f"  report.md (read this first), scores.json, responses.json, loss.png, model/, "
-        f"config.yaml",
+        (
+            "  report.md (read this first), scores.json, responses.json, loss.png, model/, "
+            "config.yaml"
+        ),
     ]
     return "\n".join(lines)
 
@@ -355,8 +367,10 @@ def write_report(
     run = facts["run"]
     config = facts["model_config"]
     n_train, n_val, n_test = facts["counts"]
-    command = "instructkit demo" + (" --quick" if facts["quick"] else "") + (
-        f" --seed {facts['seed']}" if facts["seed"] else ""
+    command = (
+        "instructkit demo"
+        + (" --quick" if facts["quick"] else "")
+        + (f" --seed {facts['seed']}" if facts["seed"] else "")
     )
     lines = [
         "# instructkit demo",
@@ -370,23 +384,38 @@ def write_report(
         "",
         "## What was run",
         "",
-        f"- Command: `{command}` ({facts['elapsed_s']:.0f} s wall time on the CPU)",
-        f"- Data: `data.json`, the built-in dataset (seed {facts['seed']}): {n_train} training, "
-        f"{n_val} validation and {n_test} scored test records over "
-        f"{len(trained.get('groups', {}))} task families; test items never occur in training",
-        f"- Tokenizer: byte-level BPE with {facts['tokenizer_vocab']} tokens, trained on the "
-        "training split (`tokenizer/`)",
-        f"- Model: `{plan.model}`, {facts['parameters']:,} parameters ({config.n_layers} layers, "
-        f"{config.n_heads} heads, width {config.emb_dim}, context {config.context_length}), "
-        f"{STYLE} prompts",
-        f"- Fine-tuning: {run.steps} steps ({run.epochs:.1f} epochs, {run.tokens_seen:,} "
-        f"target tokens) of AdamW, lr {plan.lr:g} with {plan.warmup_steps} warmup steps and "
-        f"cosine decay, {plan.batch_size} packed rows of {plan.row_length} tokens per step, "
-        "loss on the response tokens only; full settings in `config.yaml`",
-        f"- Loss: training {_fmt(run.initial_train_loss)} -> {_fmt(run.train_loss)}, "
-        f"validation {_fmt(run.initial_val_loss)} -> {_fmt(run.val_loss)}",
-        f"- Generation: greedy, at most {facts['max_new_tokens']} new tokens, from the saved "
-        "`model/`",
+        (
+            f"- Command: `{command}` ({facts['elapsed_s']:.0f} s wall time on the CPU, "
+            f"{facts['cpu_s']:.0f} s CPU time in {torch_threads()} threads)"
+        ),
+        (
+            f"- Data: `data.json`, the built-in dataset (seed {facts['seed']}): {n_train} training, "
+            f"{n_val} validation and {n_test} scored test records over "
+            f"{len(trained.get('groups', {}))} task families; test items never occur in training"
+        ),
+        (
+            f"- Tokenizer: byte-level BPE with {facts['tokenizer_vocab']} tokens, trained on the "
+            "training split (`tokenizer/`)"
+        ),
+        (
+            f"- Model: `{plan.model}`, {facts['parameters']:,} parameters ({config.n_layers} layers, "
+            f"{config.n_heads} heads, width {config.emb_dim}, context {config.context_length}), "
+            f"{STYLE} prompts"
+        ),
+        (
+            f"- Fine-tuning: {run.steps} steps ({run.epochs:.1f} epochs, {run.tokens_seen:,} "
+            f"target tokens) of AdamW, lr {plan.lr:g} with {plan.warmup_steps} warmup steps and "
+            f"cosine decay, {plan.batch_size} packed rows of {plan.row_length} tokens per step, "
+            "loss on the response tokens only; full settings in `config.yaml`"
+        ),
+        (
+            f"- Loss: training {_fmt(run.initial_train_loss)} -> {_fmt(run.train_loss)}, "
+            f"validation {_fmt(run.initial_val_loss)} -> {_fmt(run.val_loss)}"
+        ),
+        (
+            f"- Generation: greedy, at most {facts['max_new_tokens']} new tokens, from the saved "
+            "`model/`"
+        ),
         "- Wall time per stage: "
         + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in facts["timings"].items()),
         "",
@@ -417,8 +446,13 @@ def write_report(
             continue
         shown[family] = shown.get(family, 0) + 1
         prompt = record["instruction"] + (f" / {record['input']}" if record["input"] else "")
-        cells = [family, prompt, record["output"], record["model_response"],
-                 before["model_response"]]
+        cells = [
+            family,
+            prompt,
+            record["output"],
+            record["model_response"],
+            before["model_response"],
+        ]
         lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
     lines += [
         "",
@@ -438,6 +472,12 @@ def write_report(
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _cell(text: str, limit: int = 60) -> str:

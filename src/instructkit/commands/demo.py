@@ -7,6 +7,7 @@ prints the summary the library returns.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from instructkit.commands import HelpFormatter
@@ -55,6 +56,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Idle OpenMP threads spin by default; when another process has the second of two
+    # cores, the spinning thread starves it and training gets ~10x slower. Waiting
+    # passively avoids that (it only takes effect if torch is not imported yet).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from instructkit.demo import run_demo
 
     result = run_demo(
