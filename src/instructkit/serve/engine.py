@@ -156,6 +156,31 @@ def _held_back(text: str, stops: list[str]) -> int:
     return longest
 
 
+class FairLock:
+    """A lock that serves waiters in arrival order (a ticket lock).
+
+    `threading.Lock` is not fair: a generation that releases it after one token and takes
+    it again for the next usually wins against a request already waiting, so a long or
+    abandoned stream could starve every other client. Tickets make the steps alternate.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+
+    def __enter__(self) -> None:
+        with self._changed:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._changed.wait_for(lambda: self._serving == ticket)
+
+    def __exit__(self, *exc_info) -> None:
+        with self._changed:
+            self._serving += 1
+            self._changed.notify_all()
+
+
 class Engine:
     """A loaded model ready to answer requests."""
 
@@ -165,7 +190,7 @@ class Engine:
         self.style = style
         self.name = name
         self.max_new_tokens = max_new_tokens
-        self.lock = threading.Lock()
+        self.lock = FairLock()
 
     @property
     def context_length(self) -> int:
