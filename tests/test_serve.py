@@ -438,3 +438,24 @@ def test_help_shows_defaults(command, capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert "(default: " in text and "--model" in text or "--responses" in text
+
+
+def test_fair_lock_is_reentrant_and_serves_waiters_in_order():
+    from instructkit.serve.engine import FairLock
+
+    lock, order = FairLock(), []
+    with lock:
+        with lock:  # what a stream finalized by garbage collection inside a step does
+            pass
+        waiters = [threading.Thread(target=lambda i=i: _take(lock, order, i)) for i in range(3)]
+        for waiter in waiters:
+            waiter.start()
+            time.sleep(0.05)  # arrive in order 0, 1, 2 while the lock is held
+    for waiter in waiters:
+        waiter.join(timeout=5)
+    assert order == [0, 1, 2]
+
+
+def _take(lock, order: list, index: int) -> None:
+    with lock:
+        order.append(index)

@@ -157,28 +157,40 @@ def _held_back(text: str, stops: list[str]) -> int:
 
 
 class FairLock:
-    """A lock that serves waiters in arrival order (a ticket lock).
+    """A reentrant lock that serves waiters in arrival order (a ticket lock).
 
     `threading.Lock` is not fair: a generation that releases it after one token and takes
     it again for the next usually wins against a request already waiting, so a long or
     abandoned stream could starve every other client. Tickets make the steps alternate.
+    It is reentrant because garbage collection may finalize an abandoned stream (whose
+    cleanup takes the lock) inside another request's decoding step on the same thread.
     """
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._next_ticket = 0
         self._serving = 0
+        self._owner: int | None = None
+        self._depth = 0
 
     def __enter__(self) -> None:
+        me = threading.get_ident()
         with self._changed:
+            if self._owner == me:
+                self._depth += 1
+                return
             ticket = self._next_ticket
             self._next_ticket += 1
             self._changed.wait_for(lambda: self._serving == ticket)
+            self._owner, self._depth = me, 1
 
     def __exit__(self, *exc_info) -> None:
         with self._changed:
-            self._serving += 1
-            self._changed.notify_all()
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._serving += 1
+                self._changed.notify_all()
 
 
 class Engine:
