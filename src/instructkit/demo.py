@@ -16,6 +16,7 @@ It runs on the CPU with fixed seeds, so running it twice gives the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -55,11 +56,12 @@ class DemoPlan:
 FULL = DemoPlan(
     model="random:demo",
     vocab_size=300,
-    epochs=4,
+    epochs=30,
     batch_size=8,
     row_length=256,
     lr=2e-3,
     warmup_steps=20,
+    max_steps=2000,
     eval_every=200,
 )
 QUICK = DemoPlan(
@@ -113,127 +115,121 @@ def run_demo(
     timings: dict[str, float] = {}
     stages = tqdm(total=6, desc="demo", unit="stage", disable=not progress, dynamic_ncols=True)
 
-    def stage(name: str) -> None:
-        timings[name] = time.perf_counter()
+    @contextlib.contextmanager
+    def timed(name: str):
+        """One stage of the demo: shown on the progress bar, its wall time kept for the report."""
         stages.set_postfix_str(name)
-
-    def done() -> None:
-        name = next(reversed(timings))
-        timings[name] = time.perf_counter() - timings[name]
+        start = time.perf_counter()
+        yield
+        timings[name] = time.perf_counter() - start
         stages.update(1)
 
     with stages:
-        stage("data and tokenizer")
-        out_dir = claim_run_dir(Path(out), overwrite)
-        data_path = out_dir / "data.json"
-        write_builtin(data_path, seed=seed)
-        records = load_instructions(data_path)
-        train, test, val = split_book(records)  # what finetune trains and validates on
-        test = pick_per_family(test, plan.test_per_family)
-        style = get_style(STYLE)
-        tokenizer = train_tokenizer([style.text(record) for record in train], plan.vocab_size)
-        tokenizer.save(out_dir / "tokenizer")
-        max_new_tokens = MAX_NEW_TOKENS_MARGIN + max(
-            len(tokenizer.encode(style.response(record))) for record in train
-        )
-        done()
+        with timed("data and tokenizer"):
+            out_dir = claim_run_dir(Path(out), overwrite)
+            data_path = out_dir / "data.json"
+            write_builtin(data_path, seed=seed)
+            records = load_instructions(data_path)
+            train, test, val = split_book(records)  # what finetune trains and validates on
+            test = pick_per_family(test, plan.test_per_family)
+            style = get_style(STYLE)
+            tokenizer = train_tokenizer([style.text(record) for record in train], plan.vocab_size)
+            tokenizer.save(out_dir / "tokenizer")
+            max_new_tokens = MAX_NEW_TOKENS_MARGIN + max(
+                len(tokenizer.encode(style.response(record))) for record in train
+            )
 
-        stage("untrained responses")
-        untrained_model, _ = load_pretrained(plan.model, tokenizer=tokenizer, seed=seed)
-        untrained_records = generate_responses(
-            untrained_model,
-            tokenizer,
-            style,
-            test,
-            batch_size=32,
-            max_new_tokens=max_new_tokens,
-            progress=progress,
-        )
-        write_json_atomic(out_dir / "untrained_responses.json", untrained_records)
-        untrained = compute_metrics(untrained_records)
-        del untrained_model
-        done()
+        with timed("untrained responses"):
+            untrained_model, _ = load_pretrained(plan.model, tokenizer=tokenizer, seed=seed)
+            untrained_records = generate_responses(
+                untrained_model,
+                tokenizer,
+                style,
+                test,
+                batch_size=32,
+                max_new_tokens=max_new_tokens,
+                progress=progress,
+            )
+            write_json_atomic(out_dir / "untrained_responses.json", untrained_records)
+            untrained = compute_metrics(untrained_records)
+            del untrained_model
 
-        stage("fine-tuning")
-        config = FinetuneConfig(
-            data=str(data_path),
-            out=str(out_dir),
-            model=plan.model,
-            tokenizer=str(out_dir / "tokenizer"),
-            style=STYLE,
-            split="book",
-            epochs=plan.epochs,
-            max_steps=plan.max_steps,
-            batch_size=plan.batch_size,
-            lr=plan.lr,
-            weight_decay=0.1,
-            warmup_steps=plan.warmup_steps,
-            lr_schedule="cosine",
-            min_lr_ratio=0.1,
-            grad_clip=1.0,
-            allowed_max_length=plan.row_length,
-            mask_prompt=True,
-            pack=True,
-            eval_every=plan.eval_every,
-            eval_batches=len(val),  # the whole validation split (packing makes few batches)
-            save_every=0,
-            keep_checkpoints=1,
-            seed=seed,
-            device="cpu",
-        )
-        # The run dir is ours (claimed above); overwrite lets finetune write beside data.json.
-        run = finetune(config, tokenizer=tokenizer, overwrite=True, progress=progress)
-        done()
+        with timed("fine-tuning"):
+            config = FinetuneConfig(
+                data=str(data_path),
+                out=str(out_dir),
+                model=plan.model,
+                tokenizer=str(out_dir / "tokenizer"),
+                style=STYLE,
+                split="book",
+                epochs=plan.epochs,
+                max_steps=plan.max_steps,
+                batch_size=plan.batch_size,
+                lr=plan.lr,
+                weight_decay=0.1,
+                warmup_steps=plan.warmup_steps,
+                lr_schedule="cosine",
+                min_lr_ratio=0.1,
+                grad_clip=1.0,
+                allowed_max_length=plan.row_length,
+                mask_prompt=True,
+                pack=True,
+                eval_every=plan.eval_every,
+                eval_batches=len(val),  # the whole validation split (packing makes few batches)
+                save_every=0,
+                keep_checkpoints=1,
+                seed=seed,
+                device="cpu",
+            )
+            # The run dir is ours (claimed above); overwrite lets finetune write beside data.json.
+            run = finetune(config, tokenizer=tokenizer, overwrite=True, progress=progress)
 
-        stage("trained responses")
-        # Generate from the saved model/, as `instructkit generate --model RUN` would.
-        model, saved_tokenizer, saved_style = load_for_generation(str(out_dir), device="cpu")
-        trained_records = generate_responses(
-            model,
-            saved_tokenizer,
-            saved_style,
-            test,
-            batch_size=32,
-            max_new_tokens=max_new_tokens,
-            progress=progress,
-        )
-        write_json_atomic(out_dir / "responses.json", trained_records)
-        done()
+        with timed("trained responses"):
+            # Generate from the saved model/, as `instructkit generate --model RUN` would.
+            model, saved_tokenizer, saved_style = load_for_generation(str(out_dir), device="cpu")
+            trained_records = generate_responses(
+                model,
+                saved_tokenizer,
+                saved_style,
+                test,
+                batch_size=32,
+                max_new_tokens=max_new_tokens,
+                progress=progress,
+            )
+            write_json_atomic(out_dir / "responses.json", trained_records)
 
-        stage("scores")
-        scores = evaluate_responses(out_dir / "responses.json", progress=False)
-        scores["untrained"] = {
-            "responses": str(out_dir / "untrained_responses.json"),
-            "metrics": {key: value for key, value in untrained.items() if key != "per_record"},
-        }
-        write_json_atomic(out_dir / "scores.json", scores)
-        done()
+        with timed("scores"):
+            scores = evaluate_responses(out_dir / "responses.json", progress=False)
+            scores["untrained"] = {
+                "responses": str(out_dir / "untrained_responses.json"),
+                "metrics": {key: value for key, value in untrained.items() if key != "per_record"},
+            }
+            write_json_atomic(out_dir / "scores.json", scores)
 
-        stage("report")
-        elapsed = time.perf_counter() - started
-        facts = {
-            "seed": seed,
-            "quick": quick,
-            "plan": plan,
-            "counts": (len(train), len(val), len(test)),
-            "tokenizer_vocab": tokenizer.vocab_size,
-            "model_config": model.config,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "run": run,
-            "max_new_tokens": max_new_tokens,
-            "timings": {name: seconds for name, seconds in timings.items() if name != "report"},
-            "elapsed_s": elapsed,
-            "cpu_s": time.process_time() - cpu_started,
-        }
-        write_report(
-            out_dir / "report.md",
-            facts,
-            scores["metrics"],
-            untrained,
-            trained_records,
-            untrained_records,
-        )
-        done()
+        with timed("report"):
+            elapsed = time.perf_counter() - started
+            facts = {
+                "seed": seed,
+                "quick": quick,
+                "plan": plan,
+                "counts": (len(train), len(val), len(test)),
+                "tokenizer_vocab": tokenizer.vocab_size,
+                "model_config": model.config,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "run": run,
+                "max_new_tokens": max_new_tokens,
+                "timings": dict(timings),
+                "elapsed_s": elapsed,
+                "cpu_s": time.process_time() - cpu_started,
+            }
+            write_report(
+                out_dir / "report.md",
+                facts,
+                scores["metrics"],
+                untrained,
+                trained_records,
+                untrained_records,
+            )
 
     elapsed = time.perf_counter() - started
     return DemoResult(
@@ -342,7 +338,7 @@ def summary_text(out_dir: Path, trained: dict, untrained: dict, facts: dict) -> 
         "To fine-tune a real GPT-2 where its weights can be downloaded:",
         f"  {REAL_GPT2_COMMAND}",
         "",
-        f"Run directory: {out_dir}",
+        f"Run directory: {out_dir}   (try it: instructkit chat --model {out_dir})",
         (
             "  report.md (read this first), scores.json, responses.json, loss.png, model/, "
             "config.yaml"
@@ -423,7 +419,7 @@ def write_report(
         "",
         "## Scores on the held-out test split",
         "",
-        "Exact match and ROUG-L F1 after normalisation (case, punctuation, spaces), for the",
+        "Exact match and ROUGE-L F1 after normalisation (case, punctuation, spaces), for the",
         "fine-tuned model and for the same model before training.",
         "",
         "| family | n | exact match | untrained | ROUGE-L | untrained |",
@@ -485,7 +481,7 @@ def _cell(text: str, limit: int = 60) -> str:
     text = " ".join(text.split())
     if len(text) > limit:
         text = text[: limit - 1] + "…"
-    return text.replace("|", "\\|") or " "
+    return text.replace("|", "\\|") or "(empty)"
 
 
 def _fmt(value: float | None) -> str:
