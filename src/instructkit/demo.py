@@ -24,6 +24,8 @@ from pathlib import Path
 
 from instructkit.errors import UserError
 
+# The book's exercise 7.1 prompts: half the tokens of its alpaca prompts for these short
+# tasks, so each training step holds twice the examples (measured in BENCHMARKS.md).
 STYLE = "phi3"
 REAL_GPT2_COMMAND = "instructkit finetune --model gpt2-medium --data your.json --out runs/gpt2m"
 # Files the demo writes besides the run artifacts that `finetune` manages.
