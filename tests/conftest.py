@@ -10,6 +10,19 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "instructions.j
 BOOK_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a test module (`pytestmark = usefixtures(...)`): on a small
+    shared CPU box, torch's spinning worker threads make tiny models 10-100x slower.
+    Restored afterwards for other test modules."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def example_records_path() -> Path:
     return EXAMPLES

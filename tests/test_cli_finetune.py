@@ -20,15 +20,7 @@ from instructkit.data import format_input
 from instructkit.model import load_pretrained, read_metadata
 from instructkit.tokenizer import train_tokenizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a small shared CPU box, torch's spinning worker threads
-    make tiny models 10-100x slower. Restored afterwards for other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 FLAGS = [
