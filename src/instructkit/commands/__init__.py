@@ -11,3 +11,15 @@ import argparse
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every default and keeps hand-written line breaks in descriptions."""
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --style, --tokenizer and --device, as every command that loads a model reads them."""
+    parser.add_argument(
+        "--model", required=True, help="run dir, model dir, preset/hub id, random:PRESET or .pth"
+    )
+    parser.add_argument(
+        "--style", help="prompt style; when not given, the one saved with the model, else alpaca"
+    )
+    parser.add_argument("--tokenizer", help="tokenizer spec when the model has none saved")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Iterable, Iterator
 
-from instructkit.commands import HelpFormatter
+from instructkit.commands import HelpFormatter, add_model_arguments
 
 EXIT_COMMANDS = ("/exit", "/quit")
 
@@ -28,13 +28,7 @@ def register(subparsers) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "--model", required=True, help="run dir, model dir, preset/hub id, random:PRESET or .pth"
-    )
-    parser.add_argument(
-        "--style", help="prompt style (default: the one saved with the model, else alpaca)"
-    )
-    parser.add_argument("--tokenizer", help="tokenizer spec when the model has none saved")
+    add_model_arguments(parser)
     parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens")
     parser.add_argument(
         "--temperature", type=float, default=0.0, help="0 is greedy decoding, as in the book"
@@ -42,7 +36,6 @@ def register(subparsers) -> None:
     parser.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
     parser.add_argument("--seed", type=int, default=None, help="makes sampled replies repeatable")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     parser.set_defaults(run=run)
 
 

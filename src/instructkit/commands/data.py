@@ -226,7 +226,9 @@ def _check_packing(args, dataset, tokenizer, limit: int) -> None:
 
     model, _ = load_pretrained(args.model, tokenizer=tokenizer)
     max_length = min(limit, model.config.context_length)
-    check = check_packing(model, dataset.examples[: args.check_examples], tokenizer.eos_id, max_length)
+    check = check_packing(
+        model, dataset.examples[: args.check_examples], tokenizer.eos_id, max_length
+    )
     print(
         f"packing self-test ({args.model}, {check.examples} examples in {check.packed_rows} "
         f"packed rows): max logit difference {check.max_logit_difference:.2e}, loss padded "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from instructkit.commands import HelpFormatter
+from instructkit.commands import HelpFormatter, add_model_arguments
 
 SPLITS = ("test", "train", "val", "all")
 
@@ -21,9 +21,7 @@ def register(subparsers) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "--model", required=True, help="run dir, model dir, preset/hub id, random:PRESET or .pth"
-    )
+    add_model_arguments(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="instruction file (JSON list, JSONL or CSV)")
     source.add_argument("--prompt", help="one instruction; its response is printed")
@@ -35,10 +33,6 @@ def register(subparsers) -> None:
         "--out",
         help="responses file; when not given, RUN/responses.json for a run dir, else ./responses.json",
     )
-    parser.add_argument(
-        "--style", help="prompt style; when not given, the one saved with the model, else alpaca"
-    )
-    parser.add_argument("--tokenizer", help="tokenizer spec when the model has none saved")
     parser.add_argument("--batch-size", type=int, default=8, help="records generated at once")
     parser.add_argument(
         "--max-new-tokens", type=int, default=256, help="longest response in tokens"
@@ -50,7 +44,6 @@ def register(subparsers) -> None:
         "--top-k", type=int, default=None, help="sample from the k likeliest tokens"
     )
     parser.add_argument("--seed", type=int, default=123, help="makes sampled responses repeatable")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 

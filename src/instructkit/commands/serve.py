@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from instructkit.commands import HelpFormatter
+from instructkit.commands import HelpFormatter, add_model_arguments
 
 
 def register(subparsers) -> None:
@@ -23,9 +23,7 @@ def register(subparsers) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "--model", required=True, help="run dir, model dir, preset/hub id, random:PRESET or .pth"
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (loopback only by default)"
     )
@@ -38,13 +36,8 @@ def register(subparsers) -> None:
         "--name", help="model name shown to clients; when not given, the run or model dir name"
     )
     parser.add_argument(
-        "--style", help="prompt style; when not given, the one saved with the model, else alpaca"
-    )
-    parser.add_argument("--tokenizer", help="tokenizer spec when the model has none saved")
-    parser.add_argument(
         "--max-new-tokens", type=int, default=256, help="reply length when a request sets none"
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     parser.add_argument(
         "--log-level",
         default="info",
