@@ -18,6 +18,7 @@ from instructkit.data.builtin import (
     write_builtin,
 )
 from instructkit.data.records import load_instructions
+from instructkit.data.splits import split_records
 from instructkit.errors import UserError
 
 
@@ -53,11 +54,14 @@ def test_size_families_and_split_sizes(splits, records):
     families = Counter(record["family"] for record in records)
     assert set(families) == set(FAMILY_NAMES) and len(families) >= 8
     assert min(families.values()) >= 100
+    n_families = len(FAMILY_NAMES)
     assert (len(train), len(test), len(val)) == (
-        int(len(records) * 0.85),
-        int(len(records) * 0.1),
-        len(records) - int(len(records) * 0.85) - int(len(records) * 0.1),
+        builtin.TRAIN_PER_FAMILY * n_families,
+        builtin.TEST_PER_FAMILY * n_families,
+        builtin.VAL_PER_FAMILY * n_families,
     )
+    for name, part in zip(("train", "test", "val"), splits):
+        assert {record["split"] for record in part} == {name}
     for split in splits:
         assert set(Counter(r["family"] for r in split)) == set(FAMILY_NAMES)
 
@@ -79,7 +83,7 @@ def test_records_are_valid_per_load_instructions(tmp_path, records):
     loaded = load_instructions(path)
     assert loaded == records
     for record in loaded:
-        assert set(record) == {"instruction", "input", "output", "family"}
+        assert set(record) == {"instruction", "input", "output", "family", "split"}
         assert record["instruction"].strip() and record["output"].strip()
         assert record["output"] == record["output"].strip()
 
@@ -235,18 +239,24 @@ def test_word_lists_have_no_duplicates_or_irregular_forms():
     assert all(3 <= len(w) <= 5 for w in builtin.WORDS)
 
 
-def test_file_order_splits_back_with_the_book_split(splits):
+def test_file_splits_back_by_its_split_field(splits):
     records = builtin_records(0)
-    train_end, test_end = (
-        int(len(records) * 0.85),
-        int(len(records) * 0.85) + int(len(records) * 0.1),
-    )
-    assert (records[:train_end], records[train_end:test_end], records[test_end:]) == splits
-    try:
-        from instructkit.data.splits import split_book
-    except ImportError:
-        return
-    assert split_book(records) == splits
+    assert records == splits[0] + splits[1] + splits[2]
+    assert split_records(records) == splits  # auto: every record names its split
+
+
+def test_made_up_training_words_follow_the_rules_and_are_no_real_word(splits):
+    train, test, _val = splits
+    real = set(builtin.WORDS) | set(builtin.NOUNS) | set(builtin.VERBS)
+    made_up = {r["input"] or item_text(r) for r in train if r["family"] in ("plural", "past_tense")}
+    made_up -= real
+    assert len(made_up) > 1000
+    for record in train:
+        word = item_text(record)
+        if record["family"] == "past_tense" and word not in real:
+            # never a short vowel and one consonant, which English doubles (stop -> stopped)
+            assert not re.search(r"[^aeiou][aeiou][bdgklmnprt]$", word), word
+    assert all(item_text(r) in real for r in test if r["family"] in ("plural", "past_tense"))
 
 
 def test_write_builtin_writes_valid_json(tmp_path):

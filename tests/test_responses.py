@@ -9,7 +9,7 @@ import torch
 
 import instructkit.generate as generation
 from instructkit.cli import main
-from instructkit.data import get_style
+from instructkit.data import get_style, split_shuffled
 from instructkit.errors import DataError, UserError
 from instructkit.model import GPTConfig, GPTModel
 from instructkit.model.checkpoints import save_pretrained
@@ -204,6 +204,41 @@ def test_generate_cli_writes_the_books_format_and_prompt_prints(run_dir, tmp_pat
     model, tokenizer, style = loaded
     expected = book_response(model, tokenizer, style, {**RECORDS[0], "input": ""}, 6)
     assert capsys.readouterr().out.splitlines()[-1] == expected
+
+
+def test_generate_answers_the_test_split_the_run_held_out(run_dir, tmp_path):
+    """A run trained with --split shuffled (or on records naming their split) is answered on
+    its own test split, not the book's."""
+    records = [{**r, "instruction": f"{r['instruction']} ({i})"} for i, r in enumerate(RECORDS * 2)]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records))
+    base = [
+        "generate",
+        "--model",
+        str(run_dir),
+        "--data",
+        str(data),
+        "--max-new-tokens",
+        "2",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
+
+    def answered(*extra: str) -> list[str]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}.json"
+        assert main([*base, "--out", str(out), *extra]) == 0
+        return [r["instruction"] for r in json.loads(out.read_text())]
+
+    (run_dir / "config.yaml").write_text("split: shuffled\nseed: 7\n")
+    try:
+        assert answered() == [r["instruction"] for r in split_shuffled(records, seed=7)[1]]
+        assert answered("--split-by", "book") == [r["instruction"] for r in records[17:19]]
+    finally:
+        (run_dir / "config.yaml").unlink()
+    named = [{**r, "split": "test" if i in (3, 5) else "train"} for i, r in enumerate(records)]
+    data.write_text(json.dumps(named))
+    assert answered() == [records[3]["instruction"], records[5]["instruction"]]
 
 
 def test_load_responses_reports_every_record_without_a_response(tmp_path):

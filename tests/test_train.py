@@ -19,7 +19,13 @@ import pytest
 import torch
 
 from instructkit.config import FinetuneConfig
-from instructkit.data import InstructionCollator, InstructionDataset, format_input
+from instructkit.data import (
+    InstructionCollator,
+    InstructionDataset,
+    PackedBatchSampler,
+    format_input,
+    split_book,
+)
 from instructkit.errors import UserError
 from instructkit.model import GPTConfig, GPTModel
 from instructkit.tokenizer import train_tokenizer
@@ -164,6 +170,44 @@ def test_finetune_learns_and_logs(records, tokenizer, tmp_path, capsys):
     assert rows[1]["lr"] == 3e-3
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert checkpoints == ["step-10", "step-12"]  # every 5, the end, keep the last 2
+
+
+def test_packed_epochs_with_fewer_batches_than_the_first_still_train_every_step(
+    tokenizer, tmp_path
+):
+    # Packing reshuffled examples gives epochs 1 and 3 of this data one batch fewer than
+    # epoch 0; the loop once ran out of batches there and took empty steps to the end.
+    rng = random.Random(38)
+    records = [
+        {"instruction": "Repeat.", "input": "", "output": "ab " * rng.randint(1, 25)}
+        for _ in range(48)
+    ]
+    train, _test, _val = split_book(records)
+    lengths = [len(e) for e in InstructionDataset(train, tokenizer, style="phi3").examples]
+    sampler = PackedBatchSampler(lengths, capacity=128, rows_per_batch=2, seed=123, drop_last=True)
+    per_epoch = []
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        per_epoch.append(len(sampler))
+    assert per_epoch == [10, 9, 10, 9]  # the case this test is about
+
+    config = tiny_config(
+        tmp_path / "run",
+        style="phi3",
+        pack=True,
+        batch_size=2,
+        allowed_max_length=128,
+        max_steps=None,
+        epochs=4,
+        eval_every=0,
+        save_every=0,
+        seed=123,
+    )
+    finetune(config, records=records, tokenizer=tokenizer, progress=False)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert len(rows) == 1 + 4 * 10
+    assert all(b["tokens_seen"] > a["tokens_seen"] for a, b in itertools.pairwise(rows))
+    assert rows[-1]["records_seen"] > 3 * len(train)  # epochs 0-2 whole, then into epoch 3
 
 
 def test_refuses_a_non_empty_run_dir(records, tokenizer, tmp_path):

@@ -22,7 +22,8 @@ import yaml
 
 from instructkit.errors import UserError
 
-SPLITS = ("book", "shuffled")
+# How records split into train/test/val (see `instructkit.data.split_records`).
+SPLITS = ("auto", "book", "shuffled", "field")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -41,8 +42,8 @@ class FinetuneConfig:
     """Tokenizer spec overriding the model's own (required for random:PRESET)."""
     style: str = "alpaca"
     """Prompt style."""
-    split: str = "book"
-    """How to split the records: 'book' (first 85% train, 10% test, 5% val) or 'shuffled' (seeded)."""
+    split: str = "auto"
+    """How to split the records: 'book' (first 85% train, 10% test, 5% val), 'shuffled' (seeded), 'field' (each record's `split`: train/test/val) or 'auto' (field when every record has one, else book)."""
 
     epochs: int = 2
     """Passes over the training split."""

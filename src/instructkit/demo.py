@@ -104,7 +104,7 @@ def run_demo(
     from tqdm.auto import tqdm
 
     from instructkit.config import FinetuneConfig
-    from instructkit.data import get_style, load_instructions, split_book
+    from instructkit.data import get_style, load_instructions, split_by_field
     from instructkit.data.builtin import write_builtin
     from instructkit.evaluate import compute_metrics, evaluate_responses
     from instructkit.model import load_pretrained
@@ -132,7 +132,7 @@ def run_demo(
             data_path = out_dir / "data.json"
             write_builtin(data_path, seed=seed)
             records = load_instructions(data_path)
-            train, test, val = split_book(records)  # what finetune trains and validates on
+            train, test, val = split_by_field(records, str(data_path))  # as finetune splits it
             test = pick_per_family(test, plan.test_per_family)
             style = get_style(STYLE)
             tokenizer = train_tokenizer([style.text(record) for record in train], plan.vocab_size)
@@ -163,7 +163,7 @@ def run_demo(
                 model=plan.model,
                 tokenizer=str(out_dir / "tokenizer"),
                 style=STYLE,
-                split="book",
+                split="field",
                 epochs=plan.epochs,
                 max_steps=plan.max_steps,
                 batch_size=plan.batch_size,

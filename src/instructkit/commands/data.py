@@ -99,7 +99,7 @@ def run_builtin(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from instructkit.data import get_style, load_instructions, parse_fields, split_book
+    from instructkit.data import get_style, load_instructions, parse_fields, split_records
     from instructkit.errors import UserError
 
     problems = [
@@ -115,13 +115,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(problems)
     style = get_style(args.style)
     records = load_instructions(args.file, parse_fields(args.fields))
-    train, test, val = split_book(records)
+    train, test, val = split_records(records, source=args.file)
     print(f"{args.file}: {len(records)} records, all valid")
     print(f"  with input: {sum(bool(r['input']) for r in records)}")
     extra = sorted({key for r in records for key in r} - {"instruction", "input", "output"})
     if extra:
         print(f"  extra keys kept: {', '.join(extra)}")
-    print(f"  book split (train/test/val): {len(train)}/{len(test)}/{len(val)}")
+    split_by = "each record's split field" if all("split" in r for r in records) else "book split"
+    print(f"  {split_by} (train/test/val): {len(train)}/{len(test)}/{len(val)}")
     for field in ("instruction", "input", "output"):
         print(f"  {field} characters: {_stats([len(r[field]) for r in records])}")
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from instructkit.commands import HelpFormatter, add_model_arguments
+from instructkit.config import SPLITS as SPLIT_METHODS
 
 SPLITS = ("test", "train", "val", "all")
 
@@ -15,8 +16,9 @@ def register(subparsers) -> None:
         "generate",
         help="generate responses for a data split or one prompt",
         description=(
-            "Generate the model's responses for the records of a split (the book's 85/10/5\n"
-            "split by default) and save them beside the records as `model_response`; an\n"
+            "Generate the model's responses for the records of a split (the test split that\n"
+            "the run in --model held out, by default) and save them beside the records as\n"
+            "`model_response`; an\n"
             "interrupted run resumes from OUT.partial. With --prompt, print one response."
         ),
         formatter_class=HelpFormatter,
@@ -27,7 +29,13 @@ def register(subparsers) -> None:
     source.add_argument("--prompt", help="one instruction; its response is printed")
     parser.add_argument("--input", default="", help="the optional input for --prompt")
     parser.add_argument(
-        "--split", choices=SPLITS, default="test", help="which part of the book split of --data"
+        "--split", choices=SPLITS, default="test", help="which part of --data to answer"
+    )
+    parser.add_argument(
+        "--split-by",
+        choices=SPLIT_METHODS,
+        help="how --data splits into train/test/val (as in finetune --split); default: as the "
+        "run in --model was trained (its config.yaml), else auto",
     )
     parser.add_argument(
         "--out",
@@ -53,8 +61,19 @@ def default_out(model: str) -> Path:
     return run_dir / "responses.json" if (run_dir / "model").is_dir() else Path("responses.json")
 
 
+def training_split(model: str) -> tuple[str, int]:
+    """The split method and seed a run dir was trained with, so its test split is answered."""
+    from instructkit.config import FinetuneConfig, load_config
+
+    config_path = Path(model) / "config.yaml"
+    if not config_path.is_file():
+        return "auto", FinetuneConfig.seed
+    values = load_config(config_path)
+    return values.get("split", "book"), values.get("seed", FinetuneConfig.seed)
+
+
 def run(args: argparse.Namespace) -> int:
-    from instructkit.data import load_instructions, split_book
+    from instructkit.data import load_instructions, split_records
     from instructkit.responses import generate_responses, load_for_generation, respond
 
     model, tokenizer, style = load_for_generation(
@@ -72,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
     records = load_instructions(args.data)
     if args.split != "all":
-        train, test, val = split_book(records)
+        method, seed = training_split(args.model)
+        train, test, val = split_records(records, args.split_by or method, seed, source=args.data)
         records = {"train": train, "test": test, "val": val}[args.split]
     out = Path(args.out) if args.out else default_out(args.model)
     generate_responses(

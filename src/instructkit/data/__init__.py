@@ -16,9 +16,16 @@ from instructkit.data.sampling import (
     build_loader,
     pack_lengths,
 )
-from instructkit.data.splits import split_book, split_shuffled
+from instructkit.data.splits import (
+    SPLIT_METHODS,
+    split_book,
+    split_by_field,
+    split_records,
+    split_shuffled,
+)
 
 __all__ = [
+    "SPLIT_METHODS",
     "STYLE_NAMES",
     "Batch",
     "Example",
@@ -36,5 +43,7 @@ __all__ = [
     "pack_lengths",
     "parse_fields",
     "split_book",
+    "split_by_field",
+    "split_records",
     "split_shuffled",
 ]

@@ -14,6 +14,12 @@ word, number set, word list, misspelling ...) from a domain whose items are spli
 into train, test and val pools, so a test or val item never occurs in training under
 any phrasing or family. Spelling is the one family that needs vocabulary: its held-out
 items are new misspellings of words whose other misspellings are in training.
+
+Test and val items are real English words, but a few hundred real words are too few to
+learn "copy this word and add -s" rather than recall each word (measured in BENCHMARKS.md,
+Demo): the training pools of the word, noun and verb domains add made-up words (the
+linguists' "wug" test), built from English syllables so that the regular rules apply.
+Every record names its split in a `split` field, so any command splits the file as made.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from pathlib import Path
 
 from instructkit.errors import UserError
 
-# Records per family come in the book's 85/10/5 proportions, so the written file,
-# which lists train, then test, then val, splits back the same way with `split_book`.
-TRAIN_PER_FAMILY, TEST_PER_FAMILY, VAL_PER_FAMILY = 408, 48, 24
+# Records per family. Every record carries its split, so the proportions are free.
+TRAIN_PER_FAMILY, TEST_PER_FAMILY, VAL_PER_FAMILY = 1600, 48, 24
+# Made-up words added to the training pools of the word, noun and verb domains.
+PSEUDO_WORDS_PER_DOMAIN = 1500
 INPUT_FRACTION = 1 / 3
 
 # Short common words (3-5 letters): reversed and sorted letter by letter, counted and
@@ -118,6 +125,69 @@ friend people school answer garden letter pencil summer winter yellow orange pur
 flower mother father sister little animal basket bottle button candle castle dinner forest
 island jacket kitten ladder
 """.split()  # noqa: SIM905 (a word list reads better as text)
+
+# Parts of made-up words. Verbs end in a consonant cluster, a long vowel and a consonant,
+# a silent e or a y, never a short vowel and one consonant (which would double: stopped).
+ONSETS = [
+    "b",
+    "c",
+    "d",
+    "f",
+    "g",
+    "h",
+    "j",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "w",
+    "bl",
+    "br",
+    "cl",
+    "cr",
+    "dr",
+    "fl",
+    "fr",
+    "gl",
+    "gr",
+    "pl",
+    "pr",
+    "sl",
+    "sn",
+    "sp",
+    "st",
+    "sw",
+    "tr",
+]
+SHORT_VOWELS = ["a", "e", "i", "o", "u"]
+LONG_VOWELS = ["ai", "ea", "ee", "oa", "oo"]
+CLUSTERS = [
+    "ck",
+    "ft",
+    "ld",
+    "lk",
+    "lp",
+    "lt",
+    "mp",
+    "nd",
+    "nk",
+    "nt",
+    "rd",
+    "rk",
+    "rm",
+    "rn",
+    "rt",
+    "sk",
+    "sp",
+    "st",
+]
+CONSONANTS = ["b", "d", "g", "k", "l", "m", "n", "p", "r", "t"]
+SIBILANTS = ["ch", "sh", "ss", "x"]  # nouns ending so take -es
 
 ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 TEENS = ["ten", "eleven", "twelve", "thirteen", "fourteen"]
@@ -238,6 +308,56 @@ def misspellings(word: str) -> list[str]:
     return list(dict.fromkeys(typos))
 
 
+def _pseudo_words(
+    rng: random.Random, count: int, endings: Callable[[random.Random], str], max_len: int
+) -> list[str]:
+    """`count` distinct made-up words (onset + vowel + ending) that are no real listed word."""
+    real = set(WORDS) | set(NOUNS) | set(VERBS) | set(SPELLING_WORDS)
+    words: dict[str, None] = {}
+    while len(words) < count:
+        word = rng.choice(ONSETS) + endings(rng)
+        if 3 <= len(word) <= max_len and word not in real:
+            words[word] = None
+    return list(words)
+
+
+def _letters_ending(rng: random.Random) -> str:
+    return rng.choice(SHORT_VOWELS) + rng.choice(CLUSTERS + CONSONANTS + [""])
+
+
+def _noun_ending(rng: random.Random) -> str:
+    vowel = rng.choice(SHORT_VOWELS)
+    return vowel + rng.choice(
+        [
+            rng.choice(CLUSTERS),
+            rng.choice(CONSONANTS),
+            rng.choice(SIBILANTS),
+            rng.choice(CONSONANTS) + "y",
+            rng.choice(["ay", "ey", "oy"]),
+        ]
+    )
+
+
+def _verb_ending(rng: random.Random) -> str:
+    return rng.choice(
+        [
+            rng.choice(SHORT_VOWELS) + rng.choice(CLUSTERS),
+            rng.choice(LONG_VOWELS) + rng.choice(CONSONANTS),
+            rng.choice(SHORT_VOWELS) + rng.choice(CONSONANTS) + "e",
+            rng.choice(SHORT_VOWELS) + rng.choice(CONSONANTS) + "y",
+            rng.choice(["ay", "ey", "oy"]),
+        ]
+    )
+
+
+# Made-up training words per domain: letters to reverse and sort, nouns, verbs.
+PSEUDO_DOMAINS: dict[str, Callable[[random.Random], list[str]]] = {
+    "word": lambda rng: _pseudo_words(rng, PSEUDO_WORDS_PER_DOMAIN, _letters_ending, 5),
+    "noun": lambda rng: _pseudo_words(rng, PSEUDO_WORDS_PER_DOMAIN, _noun_ending, 7),
+    "verb": lambda rng: _pseudo_words(rng, PSEUDO_WORDS_PER_DOMAIN, _verb_ending, 7),
+}
+
+
 # Domains: each yields the canonical keys of its items; the keys are split once into
 # pools, so families sharing a domain never train on another family's held-out item.
 
@@ -249,7 +369,7 @@ def _digit_sets(rng: random.Random) -> list[str]:
 
 def _word_lists(rng: random.Random) -> list[str]:
     keys: dict[str, None] = {}
-    while len(keys) < 2000:
+    while len(keys) < 6000:
         keys[",".join(sorted(rng.sample(WORDS, rng.randint(2, 5))))] = None
     return list(keys)
 
@@ -410,7 +530,7 @@ def _train_keys(family: Family, pool: list[str], rng: random.Random) -> list[str
     return [order[i % len(order)] for i in range(TRAIN_PER_FAMILY)]
 
 
-def _record(family: Family, key: str, rng: random.Random) -> dict:
+def _record(family: Family, key: str, rng: random.Random, split: str) -> dict:
     phrase, item, output = family.render(key, rng)
     if rng.random() < INPUT_FRACTION:
         instruction, input_text = (
@@ -424,6 +544,7 @@ def _record(family: Family, key: str, rng: random.Random) -> dict:
         "input": input_text,
         "output": output,
         "family": family.name,
+        "split": split,
     }
 
 
@@ -436,16 +557,23 @@ def builtin_splits(seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
         for domain in group:
             train_pool, test_pool, val_pool = pools[domain]
             pools[domain] = [k for k in train_pool if k not in held_out], test_pool, val_pool
+    for domain, make in PSEUDO_DOMAINS.items():
+        train_pool, test_pool, val_pool = pools[domain]
+        pools[domain] = (
+            train_pool + make(random.Random(f"{seed}:pseudo:{domain}")),
+            test_pool,
+            val_pool,
+        )
     train, test, val = [], [], []
     for family in FAMILIES:
         rng = random.Random(f"{seed}:family:{family.name}")
         train_pool, test_pool, val_pool = pools[family.domain]
         for key in _train_keys(family, train_pool, rng):
-            train.append(_record(family, key, rng))
+            train.append(_record(family, key, rng, "train"))
         for key in rng.sample(test_pool, TEST_PER_FAMILY):
-            test.append(_record(family, key, rng))
+            test.append(_record(family, key, rng, "test"))
         for key in rng.sample(val_pool, VAL_PER_FAMILY):
-            val.append(_record(family, key, rng))
+            val.append(_record(family, key, rng, "val"))
     order = random.Random(f"{seed}:order")
     for split in (train, test, val):
         order.shuffle(split)
@@ -453,7 +581,7 @@ def builtin_splits(seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
 
 
 def builtin_records(seed: int = 0) -> list[dict]:
-    """All records as written to a file: train, then test, then val (the book's 85/10/5)."""
+    """All records as written to a file: train, then test, then val, each naming its split."""
     train, test, val = builtin_splits(seed)
     return train + test + val
 

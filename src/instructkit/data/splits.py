@@ -1,6 +1,7 @@
-"""Train/test/validation splits: the book's file-order 85/10/5 split and a seeded shuffle.
+"""Train/test/validation splits: the book's file-order 85/10/5 split, a seeded shuffle,
+or the split each record names in its own `split` field.
 
-Both return `(train, test, val)` in that order, as the book does (section 7.2), so code
+All return `(train, test, val)` in that order, as the book does (section 7.2), so code
 written against the book unpacks them unchanged.
 """
 
@@ -9,10 +10,12 @@ from __future__ import annotations
 import random
 from typing import TypeVar
 
-from instructkit.errors import UserError
+from instructkit.config import SPLITS as SPLIT_METHODS
+from instructkit.errors import DataError, UserError
 
 T = TypeVar("T")
 BOOK_FRACTIONS = (0.85, 0.10, 0.05)
+SPLIT_NAMES = ("train", "test", "val")
 
 
 def split_book(records: list[T]) -> tuple[list[T], list[T], list[T]]:
@@ -45,3 +48,43 @@ def split_shuffled(
         shuffled[train_portion : train_portion + test_portion],
         shuffled[train_portion + test_portion :],
     )
+
+
+def split_by_field(records: list[dict], source: str = "records") -> tuple[list, list, list]:
+    """Each record's own `split` field ("train", "test" or "val") decides; file order is kept.
+
+    Pre-split data (the built-in dataset, an export of a dataset with splits) keeps exactly
+    the split it was made with, whatever its proportions.
+    """
+    parts: dict[str, list] = {name: [] for name in SPLIT_NAMES}
+    problems = []
+    for number, record in enumerate(records, start=1):
+        name = record.get("split")
+        if name in parts:
+            parts[name].append(record)
+        else:
+            problems.append(
+                f"{source}: record {number}: field 'split' is {name!r}, "
+                f"expected one of {', '.join(SPLIT_NAMES)}"
+            )
+    if problems:
+        raise DataError(problems)
+    return parts["train"], parts["test"], parts["val"]
+
+
+def split_records(
+    records: list[dict], method: str = "auto", seed: int = 0, source: str = "records"
+) -> tuple[list, list, list]:
+    """(train, test, val) by `method`, one of SPLIT_METHODS; `source` names the file in errors.
+
+    "auto" is "field" when every record names its split, else "book".
+    """
+    if method == "auto":
+        method = "field" if records and all("split" in r for r in records) else "book"
+    if method == "field":
+        return split_by_field(records, source)
+    if method == "shuffled":
+        return split_shuffled(records, seed=seed)
+    if method == "book":
+        return split_book(records)
+    raise UserError(f"split: {method!r} is not one of {', '.join(SPLIT_METHODS)}")

@@ -279,11 +279,14 @@ def _finetune(
         dynamic_ncols=True,
     )
     batches: Iterator | None = None
+    epoch_batches = batches_per_epoch
     train_loss = None
     with stop.installed(), bar:
         while position.step < total_steps:
             if batches is None:
                 batches = open_epoch(train_loader, position, pending_rng)
+                # Packing the reshuffled examples can take a batch more or less per epoch.
+                epoch_batches = len(train_loader)
                 pending_rng = None
             tick = time.perf_counter()  # the step's time includes collating its batches
             micro = list(itertools.islice(batches, config.grad_accum))
@@ -313,13 +316,13 @@ def _finetune(
             position.batch_index += len(micro)
             position.tokens_seen += int(step_tokens)
             position.records_seen += int(step_records)
-            if position.batch_index >= batches_per_epoch:
+            if position.batch_index >= epoch_batches:
                 position.epoch, position.batch_index, batches = position.epoch + 1, 0, None
             counters["loss_sum"] += global_loss_sum
             counters["tokens"] += step_tokens
             counters["seconds"] += time.perf_counter() - tick
             train_loss = step_loss
-            epoch = position.epoch + position.batch_index / batches_per_epoch
+            epoch = position.epoch + position.batch_index / epoch_batches
             tokens_per_s = counters["tokens"] / max(counters["seconds"], 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
@@ -392,7 +395,7 @@ def _finetune(
         out_dir=out,
         model_dir=model_dir,
         steps=position.step,
-        epochs=position.epoch + position.batch_index / batches_per_epoch,
+        epochs=position.epoch + position.batch_index / epoch_batches,
         tokens_seen=position.tokens_seen,
         initial_train_loss=initial_train_loss,
         initial_val_loss=initial_val_loss,
@@ -457,14 +460,11 @@ def remove_run_artifacts(out: Path) -> None:
 
 def load_splits(config: FinetuneConfig, records: list[dict] | None) -> tuple[list, list]:
     """The train and validation records (the test split is left for generation)."""
-    from instructkit.data import load_instructions, split_book, split_shuffled
+    from instructkit.data import load_instructions, split_records
 
     if records is None:
         records = load_instructions(config.data)
-    if config.split == "book":
-        train, _test, val = split_book(records)
-    else:
-        train, _test, val = split_shuffled(records, seed=config.seed)
+    train, _test, val = split_records(records, config.split, config.seed, source=config.data)
     if not train or not val:
         raise DataError(
             f"{config.data}: {len(records)} records leave {len(train)} for training and "
