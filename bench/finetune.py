@@ -98,7 +98,7 @@ def print_table(rows: list[dict]) -> None:
     print("\n| contender | records/s | real target tokens/s | wall s | peak RSS MB | MFU | vs book | vs TRL |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        masked = row["name"].endswith("masked")
+        masked = "masked" in row["name"]
         book = by_name.get("book-masked" if masked else "book")
         trl = by_name.get("trl-masked" if masked else "trl")
         vs_book = f"{row['records_per_s'] / book['records_per_s']:.2f}x" if book else "-"
