@@ -58,9 +58,9 @@ def gpt2_small_params() -> int:
     return vocab * d + ctx * d + layers * per_block + 2 * d
 
 
-def measure_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """fp32 FLOP/s of a large square matmul: the machine's practical ceiling."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def measure_matmul_peak(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a large square matmul in `dtype`: the machine's practical ceiling."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     best = 0.0
@@ -154,7 +154,10 @@ def trl_contender(completion_only: bool) -> Callable:
                          learning_rate=LR, weight_decay=WEIGHT_DECAY, lr_scheduler_type="constant",
                          logging_steps=10_000, save_strategy="no", report_to=[], use_cpu=True,
                          dataloader_drop_last=True, max_length=1024, packing=False, seed=seed,
-                         completion_only_loss=completion_only, dataset_num_proc=None)
+                         completion_only_loss=completion_only, dataset_num_proc=None,
+                         # TRL 1.16 defaults to bf16 autocast and gradient checkpointing, even
+                         # on CPU; the comparison is fp32 and the same work for every contender.
+                         bf16=False, fp16=False, gradient_checkpointing=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=hf_tokenizer)
         counts: list[int] = []
@@ -200,9 +203,10 @@ def ours_contender(**options) -> Callable:
 CONTENDERS: dict[str, Callable] = {
     "book": book_contender(mask_prompt=False),
     "trl": trl_contender(completion_only=False),
-    "ours": ours_contender(),
-    "ours-grouped": ours_contender(group_by_length=True),
+    "ours": ours_contender(),  # defaults: length-grouped batches
+    "ours-ungrouped": ours_contender(group_by_length=False),
     "ours-packed": ours_contender(pack=True),
+    "ours-bf16": ours_contender(precision="bf16"),  # bf16 autocast; MFU against the bf16 peak
     "book-masked": book_contender(mask_prompt=True),
     "trl-masked": trl_contender(completion_only=True),
     "ours-masked": ours_contender(mask_prompt=True),

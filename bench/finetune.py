@@ -5,7 +5,8 @@ Each contender runs in its own process (so peak RSS is its own) on the same data
 weights, fp32), batch 8 and the same number of optimizer steps. Reported: records/s,
 real target tokens/s (targets that are not ignored), wall time of the timed steps,
 peak RSS, and model FLOP utilisation: 6 * parameters * real tokens/s divided by the
-fp32 matmul peak that this script measures in the same run.
+fp32 matmul peak that this script measures in the same run (the bf16 peak for the one
+bf16-autocast contender).
 
     python bench/finetune.py --steps 20 [--only book,ours-packed] [--json out.json]
 
@@ -66,8 +67,9 @@ def main() -> int:
         print(json.dumps(run_contender(args.contender, args.steps, args.seed)))
         return 0
 
-    peak = measure_matmul_peak()
-    print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads")
+    peaks = {"fp32": measure_matmul_peak(), "bf16": measure_matmul_peak(dtype=torch.bfloat16)}
+    for dtype, peak in peaks.items():
+        print(f"{dtype} matmul peak: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads")
     flop_per_token = 6 * gpt2_small_params()
     rows = []
     for name in args.only.split(","):
@@ -82,14 +84,14 @@ def main() -> int:
             continue
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         result["name"] = name
-        result["mfu"] = result["target_tokens_per_s"] * flop_per_token / peak
+        result["mfu"] = result["target_tokens_per_s"] * flop_per_token / peaks["bf16" if "bf16" in name else "fp32"]
         rows.append(result)
         print(f"{name:>16}: {result['records_per_s']:.2f} rec/s  {result['target_tokens_per_s']:.1f} tok/s  "
               f"MFU {result['mfu']:.2f}  wall {result['wall_s']:.1f}s  RSS {result['peak_rss_mb']:.0f} MB",
               flush=True)
     print_table(rows)
     if args.json:
-        args.json.write_text(json.dumps({"peak_flops": peak, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"peak_flops": peaks, "rows": rows}, indent=2))
     return 0
 
 

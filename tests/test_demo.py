@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from instructkit import cli
-from instructkit.data import load_instructions, split_book
+from instructkit.data import load_instructions, split_records
 from instructkit.data.builtin import FAMILY_NAMES, underlying_item
 from instructkit.demo import (
     DEMO_ARTIFACTS,
@@ -94,7 +94,7 @@ def test_scores_cover_every_family_for_both_models(run_dir):
 
 
 def test_scored_records_are_held_out_from_training(run_dir):
-    train, _test, _val = split_book(load_instructions(run_dir / "data.json"))
+    train, _test, _val = split_records(load_instructions(run_dir / "data.json"))  # as trained
     trained_items = {underlying_item(record) for record in train}
     scored = read_json(run_dir / "responses.json")
     assert not trained_items & {underlying_item(record) for record in scored}

@@ -210,6 +210,17 @@ def test_packed_epochs_with_fewer_batches_than_the_first_still_train_every_step(
     assert rows[-1]["records_seen"] > 3 * len(train)  # epochs 0-2 whole, then into epoch 3
 
 
+def test_bf16_autocast_on_the_cpu_trains_close_to_fp32(records, tokenizer, tmp_path):
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        config = tiny_config(tmp_path / precision, precision=precision, device="cpu", max_steps=8)
+        runs[precision] = finetune(config, records=records, tokenizer=tokenizer, progress=False)
+    fp32, bf16 = runs["fp32"], runs["bf16"]
+    assert bf16.initial_train_loss == pytest.approx(fp32.initial_train_loss, rel=0.02)
+    assert bf16.train_loss < bf16.initial_train_loss - 0.5  # it learns
+    assert bf16.train_loss == pytest.approx(fp32.train_loss, rel=0.1)
+
+
 def test_refuses_a_non_empty_run_dir(records, tokenizer, tmp_path):
     out = tmp_path / "run"
     out.mkdir()

@@ -55,6 +55,8 @@ class DemoPlan:
     """Test records scored per family; None scores the whole test split."""
 
 
+# About 8 minutes on two idle CPU cores, most of it the 2,400 steps (~6.5 epochs of the
+# 17,600 training records). Alternatives measured in BENCHMARKS.md ("Demo").
 FULL = DemoPlan(
     model="random:demo",
     vocab_size=300,
@@ -63,7 +65,7 @@ FULL = DemoPlan(
     row_length=256,
     lr=2e-3,
     warmup_steps=20,
-    max_steps=2000,
+    max_steps=2400,
     eval_every=200,
 )
 QUICK = DemoPlan(

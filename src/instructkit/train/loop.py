@@ -474,9 +474,11 @@ def load_splits(config: FinetuneConfig, records: list[dict] | None) -> tuple[lis
 
 
 def use_bf16(config: FinetuneConfig, device: torch.device) -> bool:
-    if config.precision == "bf16" and device.type != "cuda":
-        raise UserError(f"precision: bf16 autocast needs a CUDA device, this run uses {device}")
-    return device.type == "cuda" and config.precision in ("auto", "bf16")
+    """bf16 autocast: by default on CUDA; on request on the CPU too, where CPUs with AVX-512
+    BF16 or AMX multiply bf16 several times faster than fp32 (4.4x measured, BENCHMARKS.md)."""
+    if config.precision == "bf16" and device.type not in ("cuda", "cpu"):
+        raise UserError(f"precision: bf16 autocast runs on CUDA or the CPU, this run uses {device}")
+    return config.precision == "bf16" or (device.type == "cuda" and config.precision == "auto")
 
 
 # ---- loop helpers -----------------------------------------------------------------------
