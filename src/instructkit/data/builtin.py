@@ -350,25 +350,12 @@ def _verb_ending(rng: random.Random) -> str:
     )
 
 
-def _pseudo_word_lists(rng: random.Random) -> list[str]:
-    """Word lists with at least one made-up word, so picking a word means copying it."""
-    made_up = _pseudo_words(rng, PSEUDO_WORDS_PER_DOMAIN, _letters_ending, 5)
-    keys: dict[str, None] = {}
-    while len(keys) < 2 * PSEUDO_WORDS_PER_DOMAIN:  # about a third of the training lists
-        size = rng.randint(2, 5)
-        words = {rng.choice(made_up)} | {rng.choice(made_up if rng.random() < 0.5 else WORDS)
-                                         for _ in range(size - 1)}
-        if len(words) == size:
-            keys[",".join(sorted(words))] = None
-    return list(keys)
-
-
-# Made-up training items per domain: letters to reverse and sort, nouns, verbs, word lists.
+# Made-up training words per domain: letters to reverse and sort, nouns, verbs. (Word lists
+# with made-up words were tried for first_last and did not help: BENCHMARKS.md, Demo.)
 PSEUDO_DOMAINS: dict[str, Callable[[random.Random], list[str]]] = {
     "word": lambda rng: _pseudo_words(rng, PSEUDO_WORDS_PER_DOMAIN, _letters_ending, 5),
     "noun": lambda rng: _pseudo_words(rng, PSEUDO_WORDS_PER_DOMAIN, _noun_ending, 7),
     "verb": lambda rng: _pseudo_words(rng, PSEUDO_WORDS_PER_DOMAIN, _verb_ending, 7),
-    "word_list": _pseudo_word_lists,
 }
 
 
