@@ -189,7 +189,49 @@ def test_summary_is_printed(tmp_path, capsys, monkeypatch):
         "overwrite": True,
         "seed": 3,
         "progress": True,
+        "precision": "auto",
     }
+
+
+def test_plan_follows_precision(monkeypatch):
+    from instructkit import demo
+
+    monkeypatch.setattr(demo, "cpu_has_fast_bf16", lambda: True)
+    assert demo.choose_plan(False, "auto") == demo.FULL_BF16
+    assert demo.choose_plan(False, "fp32") == demo.FULL
+    assert demo.choose_plan(True, "auto") == demo.QUICK  # quick stays fp32 unless asked
+    assert demo.choose_plan(True, "bf16").precision == "bf16"
+    monkeypatch.setattr(demo, "cpu_has_fast_bf16", lambda: False)
+    assert demo.choose_plan(False, "auto") == demo.FULL
+    assert demo.choose_plan(False, "bf16") == demo.FULL_BF16
+    assert demo.FULL_BF16.max_steps > demo.FULL.max_steps
+    with pytest.raises(UserError, match="precision"):
+        demo.choose_plan(False, "fp16")
+
+
+def test_quick_demo_in_bf16_trains_and_records_it(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "instructkit",
+            "demo",
+            "--quick",
+            "--precision",
+            "bf16",
+            "--quiet",
+            "--out",
+            str(tmp_path / "demo"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "precision: bf16" in (tmp_path / "demo" / "config.yaml").read_text()
+    scores = read_json(tmp_path / "demo" / "scores.json")
+    assert scores["metrics"]["rouge_l"] > scores["untrained"]["metrics"]["rouge_l"]
 
 
 def test_claim_run_dir_never_reuses_a_run(tmp_path):

@@ -112,8 +112,13 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     plan: DemoPlan | None = None,
+    precision: str = "auto",
 ) -> DemoResult:
-    """Run the whole pipeline into a fresh run directory (or `out` itself with `overwrite`)."""
+    """Run the whole pipeline into a fresh run directory (or `out` itself with `overwrite`).
+
+    precision: "auto" (bf16 where the CPU multiplies it natively, else fp32), "fp32" or
+    "bf16"; the full demo's steps follow it (FULL or FULL_BF16).
+    """
     from tqdm.auto import tqdm
 
     from instructkit.config import FinetuneConfig
@@ -125,7 +130,7 @@ def run_demo(
     from instructkit.tokenizer import train_tokenizer
     from instructkit.train import finetune
 
-    plan = plan or (QUICK if quick else FULL_BF16 if cpu_has_fast_bf16() else FULL)
+    plan = plan or choose_plan(quick, precision)
     started, cpu_started = time.perf_counter(), time.process_time()
     timings: dict[str, float] = {}
     stages = tqdm(total=6, desc="demo", unit="stage", disable=not progress, dynamic_ncols=True)
@@ -255,6 +260,16 @@ def run_demo(
         elapsed_s=elapsed,
         summary=summary_text(out_dir, scores["metrics"], untrained, facts),
     )
+
+
+def choose_plan(quick: bool, precision: str) -> DemoPlan:
+    """The plan for `--quick` and `--precision` (auto|fp32|bf16)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UserError(f"precision: {precision!r} is not one of auto, fp32, bf16")
+    bf16 = precision == "bf16" or (precision == "auto" and not quick and cpu_has_fast_bf16())
+    if quick:
+        return dataclasses.replace(QUICK, precision="bf16") if bf16 else QUICK
+    return FULL_BF16 if bf16 else FULL
 
 
 def cpu_has_fast_bf16() -> bool:
