@@ -9,19 +9,53 @@ the bench says which one it used.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from book_reference import BookGPT, book_collate, calc_loss_batch
 from torch.utils.data import DataLoader
 
-BOOK_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
-GPT2_SMALL = {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12,
-              "n_layers": 12, "drop_rate": 0.0, "qkv_bias": True}
+# The book's data beside the checkout; INSTRUCTKIT_BOOK_DATA points elsewhere (a device
+# machine gets only the repository, so bench/gpu_check.sh carries a copy).
+BOOK_DATA = Path(os.environ.get("INSTRUCTKIT_BOOK_DATA") or
+                 Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json")
 BATCH_SIZE = 8
 LR, WEIGHT_DECAY = 5e-5, 0.1
+
+
+@dataclass
+class Target:
+    """Where and how the contenders train: the CPU fp32 gpt2-small comparison by default;
+    `bench/finetune.py --device cuda --preset gpt2-medium --precision bf16` for a GPU."""
+
+    device: str = "cpu"
+    preset: str = "gpt2-small"
+    precision: str = "fp32"
+
+    @property
+    def shape(self) -> dict:
+        """The preset in the book's config keys (BookGPT), GPT-2's vocabulary."""
+        from instructkit.model import GPTConfig
+
+        config = GPTConfig.preset(self.preset)
+        return {"vocab_size": config.vocab_size, "context_length": config.context_length,
+                "emb_dim": config.emb_dim, "n_heads": config.n_heads, "n_layers": config.n_layers,
+                "drop_rate": 0.0, "qkv_bias": True}
+
+    def autocast(self):
+        return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16,
+                              enabled=self.precision == "bf16")
+
+    def synchronize(self) -> None:
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize()
+
+
+TARGET = Target()  # bench/finetune.py sets its fields from its flags before a contender runs
 
 
 def book_format_input(entry: dict) -> str:
@@ -51,23 +85,30 @@ def build_tokenizer():
         return train_tokenizer(texts, vocab_size=8000)
 
 
-def gpt2_small_params() -> int:
-    """Parameters of gpt2-small with a tied head (124M): what 6N FLOP per token counts."""
-    d, layers, vocab, ctx = GPT2_SMALL["emb_dim"], GPT2_SMALL["n_layers"], 50257, 1024
+def model_params(shape: dict) -> int:
+    """Parameters of a GPT-2 shape with a tied head (124M for gpt2-small): what 6N counts."""
+    d, layers, vocab, ctx = shape["emb_dim"], shape["n_layers"], shape["vocab_size"], shape["context_length"]
     per_block = 12 * d * d + 13 * d
     return vocab * d + ctx * d + layers * per_block + 2 * d
 
 
-def measure_matmul_peak(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+def measure_matmul_peak(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32,
+                        device: str = "cpu") -> float:
     """FLOP/s of a large square matmul in `dtype`: the machine's practical ceiling."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    if torch.device(device).type == "cuda":
+        n, repeats = 8192, 50  # a GPU needs a bigger problem to reach its peak
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    synchronize = Target(device=device).synchronize
     for _ in range(3):
         a @ b
+    synchronize()
     best = 0.0
     for _ in range(3):
         start = time.perf_counter()
         for _ in range(repeats):
             a @ b
+        synchronize()
         best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start))
     return best
 
@@ -99,7 +140,7 @@ def timed_steps(batches, step: Callable[[object], int], steps: int) -> dict:
 
 def book_contender(mask_prompt: bool) -> Callable:
     def run(train: list[dict], tokenizer, steps: int, seed: int) -> dict:
-        model = BookGPT({**GPT2_SMALL, "vocab_size": 50257})
+        model = BookGPT(TARGET.shape).to(TARGET.device)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
         ids, prompt_lengths = encode_book(train, tokenizer)
@@ -114,9 +155,10 @@ def book_contender(mask_prompt: bool) -> Callable:
                             collate_fn=collate, generator=torch.Generator().manual_seed(seed))
 
         def step(batch) -> int:
-            inputs, targets = batch
+            inputs, targets = (t.to(TARGET.device) for t in batch)
             optimizer.zero_grad()
-            loss = calc_loss_batch(inputs, targets, model)
+            with TARGET.autocast():
+                loss = calc_loss_batch(inputs, targets, model)
             loss.backward()
             optimizer.step()
             return int((targets != -100).sum())
@@ -143,7 +185,9 @@ def trl_contender(completion_only: bool) -> Callable:
             tokenizer.save(Path(tmp))
             hf_tokenizer = PreTrainedTokenizerFast.from_pretrained(tmp)
         hf_tokenizer.pad_token = hf_tokenizer.eos_token
-        config = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+        shape = TARGET.shape
+        config = GPT2Config(vocab_size=shape["vocab_size"], n_positions=shape["context_length"],
+                            n_embd=shape["emb_dim"], n_layer=shape["n_layers"], n_head=shape["n_heads"],
                             bos_token_id=tokenizer.eos_id, eos_token_id=tokenizer.eos_id)
         model = GPT2LMHeadModel(config)
         rows = [{"prompt": book_format_input(r) + "\n\n### Response:\n", "completion": r["output"]}
@@ -152,12 +196,13 @@ def trl_contender(completion_only: bool) -> Callable:
             rows = [{"text": row["prompt"] + row["completion"]} for row in rows]
         args = SFTConfig(output_dir=tempfile.mkdtemp(), max_steps=steps + 1, per_device_train_batch_size=BATCH_SIZE,
                          learning_rate=LR, weight_decay=WEIGHT_DECAY, lr_scheduler_type="constant",
-                         logging_steps=10_000, save_strategy="no", report_to=[], use_cpu=True,
+                         logging_steps=10_000, save_strategy="no", report_to=[],
+                         use_cpu=TARGET.device == "cpu",
                          dataloader_drop_last=True, max_length=1024, packing=False, seed=seed,
                          completion_only_loss=completion_only, dataset_num_proc=None,
                          # TRL 1.16 defaults to bf16 autocast and gradient checkpointing, even
-                         # on CPU; the comparison is fp32 and the same work for every contender.
-                         bf16=False, fp16=False, gradient_checkpointing=False)
+                         # on CPU; every contender does the same work in the same precision.
+                         bf16=TARGET.precision == "bf16", fp16=False, gradient_checkpointing=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=hf_tokenizer)
         counts: list[int] = []
@@ -173,9 +218,11 @@ def trl_contender(completion_only: bool) -> Callable:
 
         class StepTimer(TrainerCallback):
             def on_step_begin(self, *_, **__):
+                TARGET.synchronize()
                 times.append(time.perf_counter())
 
             def on_step_end(self, *_, **__):
+                TARGET.synchronize()
                 times[-1] = time.perf_counter() - times[-1]
 
         trainer.add_callback(StepTimer())

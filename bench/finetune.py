@@ -9,6 +9,7 @@ fp32 matmul peak that this script measures in the same run (the bf16 peak for th
 bf16-autocast contender).
 
     python bench/finetune.py --steps 20 [--only book,ours-packed] [--json out.json]
+    python bench/finetune.py --device cuda --preset gpt2-medium --precision bf16 --only ours,ours-packed,trl
 
 The first optimizer step of every contender is a warm-up and is not timed.
 """
@@ -31,10 +32,11 @@ sys.path.insert(0, str(BENCH_DIR))
 from bench_common import (
     BOOK_DATA,
     CONTENDERS,
+    TARGET,
     build_tokenizer,
-    gpt2_small_params,
     load_book_split,
     measure_matmul_peak,
+    model_params,
 )
 
 
@@ -58,24 +60,34 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated contenders")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU comparison")
+    parser.add_argument("--preset", default="gpt2-small", help="model shape (instructkit preset)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="every contender's precision (bf16: autocast)")
     parser.add_argument("--contender", help=argparse.SUPPRESS)  # internal: run one in-process
     args = parser.parse_args()
     if not BOOK_DATA.exists():
         print(f"skipped: {BOOK_DATA} not found")
         return 0
+    # Contenders read TARGET; in their own processes too (the flags are passed on).
+    TARGET.device, TARGET.preset, TARGET.precision = args.device, args.preset, args.precision
     if args.contender:
         print(json.dumps(run_contender(args.contender, args.steps, args.seed)))
         return 0
 
-    peaks = {"fp32": measure_matmul_peak(), "bf16": measure_matmul_peak(dtype=torch.bfloat16)}
+    peaks = {dtype: measure_matmul_peak(dtype=getattr(torch, name), device=args.device)
+             for dtype, name in (("fp32", "float32"), ("bf16", "bfloat16"))}
     for dtype, peak in peaks.items():
-        print(f"{dtype} matmul peak: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads")
-    flop_per_token = 6 * gpt2_small_params()
+        print(f"{dtype} matmul peak on {args.device}: {peak / 1e9:.1f} GFLOP/s "
+              f"({torch.get_num_threads()} CPU threads)")
+    print(f"model {args.preset} ({model_params(TARGET.shape) / 1e6:.1f}M parameters), {args.precision}")
+    flop_per_token = 6 * model_params(TARGET.shape)
     rows = []
     for name in args.only.split(","):
         proc = subprocess.run(
             [sys.executable, __file__, "--contender", name, "--steps", str(args.steps),
-             "--seed", str(args.seed)],
+             "--seed", str(args.seed), "--device", args.device, "--preset", args.preset,
+             "--precision", args.precision],
             check=False, capture_output=True, text=True,
             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
         )
@@ -84,14 +96,16 @@ def main() -> int:
             continue
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         result["name"] = name
-        result["mfu"] = result["target_tokens_per_s"] * flop_per_token / peaks["bf16" if "bf16" in name else "fp32"]
+        bf16 = args.precision == "bf16" or "bf16" in name
+        result["mfu"] = result["target_tokens_per_s"] * flop_per_token / peaks["bf16" if bf16 else "fp32"]
         rows.append(result)
         print(f"{name:>16}: {result['records_per_s']:.2f} rec/s  {result['target_tokens_per_s']:.1f} tok/s  "
               f"MFU {result['mfu']:.2f}  wall {result['wall_s']:.1f}s  RSS {result['peak_rss_mb']:.0f} MB",
               flush=True)
     print_table(rows)
     if args.json:
-        args.json.write_text(json.dumps({"peak_flops": peaks, "rows": rows}, indent=2))
+        setup = {"device": args.device, "preset": args.preset, "precision": args.precision}
+        args.json.write_text(json.dumps({"peak_flops": peaks, "setup": setup, "rows": rows}, indent=2))
     return 0
 
 

@@ -11,7 +11,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from bench_common import BATCH_SIZE, BOOK_DATA, LR, WEIGHT_DECAY
+from bench_common import BATCH_SIZE, BOOK_DATA, LR, TARGET, WEIGHT_DECAY
 
 # About 9.6 of the book's records per step with the stand-in tokenizer, near batch 8.
 PACKED_ROWS, PACKED_ROW_LENGTH = 2, 256
@@ -19,7 +19,7 @@ PACKED_ROWS, PACKED_ROW_LENGTH = 2, 256
 
 def run_instructkit(train: list[dict], tokenizer, steps: int, seed: int, *,
                     pack: bool = False, group_by_length: bool = True,
-                    mask_prompt: bool = False, precision: str = "fp32") -> dict:
+                    mask_prompt: bool = False, precision: str | None = None) -> dict:
     from instructkit.config import FinetuneConfig
     from instructkit.model import GPTConfig, GPTModel, save_pretrained
     from instructkit.train import finetune
@@ -29,7 +29,7 @@ def run_instructkit(train: list[dict], tokenizer, steps: int, seed: int, *,
     with tempfile.TemporaryDirectory() as tmp:
         # GPT-2's 50,257-row embedding and head, as the other contenders have: `random:` would
         # size them to the stand-in tokenizer's vocabulary and make our head 6x cheaper.
-        model_dir = save_pretrained(GPTModel(GPTConfig.preset("gpt2-small")), tokenizer, Path(tmp) / "model")
+        model_dir = save_pretrained(GPTModel(GPTConfig.preset(TARGET.preset)), tokenizer, Path(tmp) / "model")
         config = FinetuneConfig(
             data=str(BOOK_DATA), out=str(Path(tmp) / "run"), model=str(model_dir),
             # packed: 2 rows of 256 tokens per step. Short rows keep attention cheap (it spans
@@ -38,7 +38,7 @@ def run_instructkit(train: list[dict], tokenizer, steps: int, seed: int, *,
             allowed_max_length=PACKED_ROW_LENGTH if pack else None,
             max_steps=steps + 1, eval_every=0, eval_batches=1, save_every=0, log_every=1,
             pack=pack, group_by_length=group_by_length, mask_prompt=mask_prompt, seed=seed,
-            precision=precision, device="cpu",
+            precision=precision or TARGET.precision, device=TARGET.device,
         )
         finetune(config, records=records, tokenizer=tokenizer, progress=False)
         rows = [row for row in read_metrics(Path(tmp) / "run" / "metrics.jsonl") if row["step"] >= 1]
