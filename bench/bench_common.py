@@ -2,8 +2,9 @@
 
 The data is the book's 1,100 records with the book's split and prompt format. The GPT-2
 vocabulary cannot be downloaded on offline machines; then a byte-level BPE trained on
-the records stands in (the model keeps GPT-2's 50,257-row embedding either way), and
-the bench says which one it used.
+the records stands in, and the bench says which one it used. The fine-tuning contenders
+keep GPT-2's 50,257-row embedding either way (bench/responses.py sizes it to the tokenizer,
+so that every generated id decodes).
 """
 
 from __future__ import annotations

@@ -159,10 +159,10 @@ def run_demo(
                 len(tokenizer.encode(style.response(record))) for record in train
             )
 
-        with timed("untrained responses"):
-            untrained_model, _ = load_pretrained(plan.model, tokenizer=tokenizer, seed=seed)
-            untrained_records = generate_responses(
-                untrained_model,
+        def answer_test(model, tokenizer, style, name: str) -> list[dict]:
+            """The test records with `model`'s responses, saved as `name` in the run dir."""
+            answered = generate_responses(
+                model,
                 tokenizer,
                 style,
                 test,
@@ -170,7 +170,14 @@ def run_demo(
                 max_new_tokens=max_new_tokens,
                 progress=progress,
             )
-            write_json_atomic(out_dir / "untrained_responses.json", untrained_records)
+            write_json_atomic(out_dir / name, answered)
+            return answered
+
+        with timed("untrained responses"):
+            untrained_model, _ = load_pretrained(plan.model, tokenizer=tokenizer, seed=seed)
+            untrained_records = answer_test(
+                untrained_model, tokenizer, style, "untrained_responses.json"
+            )
             untrained = compute_metrics(untrained_records)
             del untrained_model
 
@@ -208,16 +215,7 @@ def run_demo(
         with timed("trained responses"):
             # Generate from the saved model/, as `instructkit generate --model RUN` would.
             model, saved_tokenizer, saved_style = load_for_generation(str(out_dir), device="cpu")
-            trained_records = generate_responses(
-                model,
-                saved_tokenizer,
-                saved_style,
-                test,
-                batch_size=32,
-                max_new_tokens=max_new_tokens,
-                progress=progress,
-            )
-            write_json_atomic(out_dir / "responses.json", trained_records)
+            trained_records = answer_test(model, saved_tokenizer, saved_style, "responses.json")
 
         with timed("scores"):
             scores = evaluate_responses(out_dir / "responses.json", progress=False)
@@ -264,8 +262,10 @@ def run_demo(
 
 def choose_plan(quick: bool, precision: str) -> DemoPlan:
     """The plan for `--quick` and `--precision` (auto|fp32|bf16)."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise UserError(f"precision: {precision!r} is not one of auto, fp32, bf16")
+    from instructkit.config import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise UserError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     bf16 = precision == "bf16" or (precision == "auto" and not quick and cpu_has_fast_bf16())
     if quick:
         return dataclasses.replace(QUICK, precision="bf16") if bf16 else QUICK

@@ -99,7 +99,13 @@ def run_builtin(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from instructkit.data import get_style, load_instructions, parse_fields, split_records
+    from instructkit.data import (
+        get_style,
+        load_instructions,
+        parse_fields,
+        resolve_split_method,
+        split_records,
+    )
     from instructkit.errors import UserError
 
     problems = [
@@ -115,13 +121,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(problems)
     style = get_style(args.style)
     records = load_instructions(args.file, parse_fields(args.fields))
-    train, test, val = split_records(records, source=args.file)
+    method = resolve_split_method(records)
+    train, test, val = split_records(records, method, source=args.file)
     print(f"{args.file}: {len(records)} records, all valid")
     print(f"  with input: {sum(bool(r['input']) for r in records)}")
     extra = sorted({key for r in records for key in r} - {"instruction", "input", "output"})
     if extra:
         print(f"  extra keys kept: {', '.join(extra)}")
-    split_by = "each record's split field" if all("split" in r for r in records) else "book split"
+    split_by = "each record's split field" if method == "field" else "book split"
     print(f"  {split_by} (train/test/val): {len(train)}/{len(test)}/{len(val)}")
     for field in ("instruction", "input", "output"):
         print(f"  {field} characters: {_stats([len(r[field]) for r in records])}")

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from instructkit.commands import HelpFormatter
+from instructkit.config import PRECISIONS
 
 DESCRIPTION = """\
 Run the whole instruction fine-tuning pipeline offline, with nothing to download.
@@ -54,7 +55,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for data, weights and training")
     parser.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16"),
+        choices=PRECISIONS,
         default="auto",
         help="training precision; auto is bf16 (4,000 steps) where the CPU multiplies bf16 "
         "natively, else fp32 (2,400 steps)",

@@ -18,6 +18,7 @@ from instructkit.data.sampling import (
 )
 from instructkit.data.splits import (
     SPLIT_METHODS,
+    resolve_split_method,
     split_book,
     split_by_field,
     split_records,
@@ -42,6 +43,7 @@ __all__ = [
     "load_instructions",
     "pack_lengths",
     "parse_fields",
+    "resolve_split_method",
     "split_book",
     "split_by_field",
     "split_records",

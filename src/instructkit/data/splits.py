@@ -72,15 +72,18 @@ def split_by_field(records: list[dict], source: str = "records") -> tuple[list, 
     return parts["train"], parts["test"], parts["val"]
 
 
+def resolve_split_method(records: list[dict], method: str = "auto") -> str:
+    """`method`, with "auto" made "field" when every record names its split, else "book"."""
+    if method != "auto":
+        return method
+    return "field" if records and all("split" in r for r in records) else "book"
+
+
 def split_records(
     records: list[dict], method: str = "auto", seed: int = 0, source: str = "records"
 ) -> tuple[list, list, list]:
-    """(train, test, val) by `method`, one of SPLIT_METHODS; `source` names the file in errors.
-
-    "auto" is "field" when every record names its split, else "book".
-    """
-    if method == "auto":
-        method = "field" if records and all("split" in r for r in records) else "book"
+    """(train, test, val) by `method`, one of SPLIT_METHODS; `source` names the file in errors."""
+    method = resolve_split_method(records, method)
     if method == "field":
         return split_by_field(records, source)
     if method == "shuffled":
