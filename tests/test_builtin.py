@@ -278,7 +278,7 @@ def test_write_builtin_is_atomic(tmp_path, monkeypatch):
     def fail(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(builtin.os, "replace", fail)
+    monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(UserError, match="builtin.json"):
         write_builtin(path)
     assert path.read_text(encoding="utf-8") == "old"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import yaml
 
 from instructkit.errors import UserError
+from instructkit.files import write_atomic
 
 # How records split into train/test/val (see `instructkit.data.split_records`).
 SPLITS = ("auto", "book", "shuffled", "field")
@@ -251,10 +251,4 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def save_config(config: FinetuneConfig, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

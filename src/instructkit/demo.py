@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from instructkit.errors import UserError
+from instructkit.files import write_atomic, write_json
 
 # The book's exercise 7.1 prompts: half the tokens of its alpaca prompts for these short
 # tasks, so each training step holds twice the examples (measured in BENCHMARKS.md).
@@ -126,7 +127,7 @@ def run_demo(
     from instructkit.data.builtin import write_builtin
     from instructkit.evaluate import compute_metrics, evaluate_responses
     from instructkit.model import load_pretrained
-    from instructkit.responses import generate_responses, load_for_generation, write_json_atomic
+    from instructkit.responses import generate_responses, load_for_generation
     from instructkit.tokenizer import train_tokenizer
     from instructkit.train import finetune
 
@@ -170,7 +171,7 @@ def run_demo(
                 max_new_tokens=max_new_tokens,
                 progress=progress,
             )
-            write_json_atomic(out_dir / name, answered)
+            write_json(out_dir / name, answered)
             return answered
 
         with timed("untrained responses"):
@@ -223,7 +224,7 @@ def run_demo(
                 "responses": str(out_dir / "untrained_responses.json"),
                 "metrics": {key: value for key, value in untrained.items() if key != "per_record"},
             }
-            write_json_atomic(out_dir / "scores.json", scores)
+            write_json(out_dir / "scores.json", scores)
 
         with timed("report"):
             elapsed = time.perf_counter() - started
@@ -397,8 +398,6 @@ def write_report(
     untrained_records: list[dict],
 ) -> None:
     """report.md: what was run, on what, with which numbers."""
-    import os
-    import tempfile
 
     plan: DemoPlan = facts["plan"]
     run = facts["run"]
@@ -502,14 +501,7 @@ def write_report(
         "untrained model's under `untrained`).",
         "",
     ]
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines))
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, "\n".join(lines))
 
 
 def torch_threads() -> int:

@@ -6,10 +6,10 @@ half-written PNG never replaces a good one.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from instructkit.files import atomic_path
 
 
 def plot_length_histogram(
@@ -49,15 +49,11 @@ def _save_figure(figure, path: Path) -> Path:
     """Save next to the target and rename into place; the figure is closed either way."""
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(handle)
     try:
-        figure.savefig(temp, dpi=120)
-        os.replace(temp, path)
+        with atomic_path(path) as temp:
+            figure.savefig(temp, dpi=120, format=path.suffix.lstrip(".") or "png")
     finally:
         plt.close(figure)
-        Path(temp).unlink(missing_ok=True)
     return path
 
 

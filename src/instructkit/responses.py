@@ -18,30 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from instructkit.errors import DataError, ModelError, UserError
+from instructkit.files import write_json
 
 RESPONSE_KEY = "model_response"
 DEFAULT_STYLE = "alpaca"
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temp file beside `path`, then rename it over `path` (never half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_responses(path: str | Path, response_key: str = RESPONSE_KEY) -> list[dict]:
@@ -207,13 +191,13 @@ def generate_responses(
         for i, new_ids in zip(batch, outputs, strict=True):
             done[i] = extract_response(style, prompts[i], tokenizer.decode(new_ids))
         if partial:
-            write_json_atomic(partial, {"settings": settings, "responses": done})
+            write_json(partial, {"settings": settings, "responses": done})
         bar.update(len(batch))
     bar.close()
 
     results = [{**record, RESPONSE_KEY: done[i]} for i, record in enumerate(records)]
     if out_path:
-        write_json_atomic(out_path, results)
+        write_json(out_path, results)
         if partial:
             partial.unlink(missing_ok=True)
     return results

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
 from instructkit.errors import ModelError
+from instructkit.files import write_atomic
 
 EOS_TOKEN = "<|endoftext|>"
 # GPT-2's pre-tokenization pattern as tiktoken spells it ("gpt2" / "r50k_base").
@@ -101,7 +100,7 @@ class HFTokenizer(Tokenizer):
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(directory / "tokenizer.json", self.backend.to_str())
+        write_atomic(directory / "tokenizer.json", self.backend.to_str())
         model = json.loads(self.backend.to_str())["model"]
         if model.get("type") == "BPE":  # GPT-2's slow-tokenizer files too
             merges = [m.split(" ", 1) if isinstance(m, str) else m for m in model["merges"]]
@@ -331,16 +330,16 @@ def _write_bpe_files(
         )
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(sorted(specials, key=specials.get))
-    _atomic_write(directory / "tokenizer.json", backend.to_str())
+    write_atomic(directory / "tokenizer.json", backend.to_str())
     _write_vocab_merges(directory, full_vocab, merges)
     eos = EOS_TOKEN if EOS_TOKEN in specials else next(iter(specials), EOS_TOKEN)
     _write_tokenizer_config(directory, eos)
 
 
 def _write_vocab_merges(directory: Path, vocab: dict[str, int], merges) -> None:
-    _atomic_write(directory / "vocab.json", json.dumps(vocab, ensure_ascii=False))
+    write_atomic(directory / "vocab.json", json.dumps(vocab, ensure_ascii=False))
     lines = ["#version: 0.2"] + [f"{left} {right}" for left, right in merges]
-    _atomic_write(directory / "merges.txt", "\n".join(lines) + "\n")
+    write_atomic(directory / "merges.txt", "\n".join(lines) + "\n")
 
 
 def _write_tokenizer_config(directory: Path, eos_token: str) -> None:
@@ -352,15 +351,5 @@ def _write_tokenizer_config(directory: Path, eos_token: str) -> None:
         "add_prefix_space": False,
         "model_max_length": 1024,
     }
-    _atomic_write(directory / "tokenizer_config.json", json.dumps(config, indent=2))
+    write_atomic(directory / "tokenizer_config.json", json.dumps(config, indent=2))
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

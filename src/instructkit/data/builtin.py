@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from instructkit.errors import UserError
+from instructkit.files import write_atomic
 
 # Records per family. Every record carries its split, so the proportions are free.
 TRAIN_PER_FAMILY, TEST_PER_FAMILY, VAL_PER_FAMILY = 1600, 48, 24
@@ -542,27 +541,10 @@ def write_builtin(path: Path, seed: int = 0) -> int:
     path = Path(path)
     records = builtin_records(seed)
     try:
-        _write_atomic(path, json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+        write_atomic(path, json.dumps(records, indent=1, ensure_ascii=False) + "\n")
     except OSError as error:
         raise UserError(
             f"cannot write the built-in dataset to {path}: {error.strerror or error}"
         ) from None
     return len(records)
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temp file beside `path`, then rename over it: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes it private; a data file is not
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

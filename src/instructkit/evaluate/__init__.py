@@ -26,7 +26,8 @@ from instructkit.evaluate.judge import (
     summarize_scores,
 )
 from instructkit.evaluate.metrics import compute_metrics, format_metrics
-from instructkit.responses import RESPONSE_KEY, load_responses, write_json_atomic
+from instructkit.files import write_json
+from instructkit.responses import RESPONSE_KEY, load_responses
 
 __all__ = ["JudgeClient", "compute_metrics", "evaluate_responses", "format_report", "record_key"]
 
@@ -141,11 +142,11 @@ def evaluate_responses(
             entries[index] = judgement
 
         def on_flush() -> None:
-            write_json_atomic(out_path, document())
+            write_json(out_path, document())
 
         judge_all(judge, todo, on_result, on_flush, concurrency, flush_interval, progress)
     doc = document()
-    write_json_atomic(out_path, doc)
+    write_json(out_path, doc)
     return doc
 
 

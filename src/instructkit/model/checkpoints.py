@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import torch
 
 from instructkit.errors import ModelError
+from instructkit.files import atomic_path, staging_directory, write_json
 from instructkit.model.config import PRESETS, GPTConfig
 from instructkit.model.gpt import GPTModel
 
@@ -144,40 +143,16 @@ def save_pretrained(
         "use_cache": True,
     }
     target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        write_json(staging / "config.json", hf_config)
-        write_json(staging / METADATA_FILE, dict(metadata or {}))
-        if tokenizer is not None:
-            tokenizer.save(staging)
-        replace_directory(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def replace_directory(staging: Path, target: Path) -> None:
-    """Move the complete `staging` directory to `target`, replacing an older `target`.
-
-    A rename is atomic; replacing a non-empty directory takes two, so the old one is moved
-    aside first and deleted only once the new one is in place.
-    """
     if target.exists() and not target.is_dir():
         raise ModelError(f"{target}: exists and is not a directory")
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, old / target.name)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
+    with staging_directory(target) as staging:
+        with atomic_path(staging / "model.safetensors") as weights:
+            save_file(tensors, str(weights), metadata={"format": "pt"})
+        write_json(staging / "config.json", hf_config, sort_keys=True)
+        write_json(staging / METADATA_FILE, dict(metadata or {}), sort_keys=True)
+        if tokenizer is not None:
+            tokenizer.save(staging)
+    return target
 
 
 def read_metadata(directory: str | os.PathLike) -> dict:

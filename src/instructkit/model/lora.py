@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from instructkit.errors import ModelError
+from instructkit.files import atomic_path
 
 ADAPTER_FILE = "adapter.safetensors"
 
@@ -126,10 +127,9 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> None:
     layers = [m for m in model.modules() if isinstance(m, LoRALayer)]
     if not layers:
         raise ValueError("model has no LoRA adapters to save")
-    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
     metadata = {"rank": str(layers[0].rank), "alpha": str(layers[0].alpha)}
-    save_file({k: v.cpu() for k, v in adapter_state_dict(model).items()}, tmp, metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as temp:
+        save_file({k: v.cpu() for k, v in adapter_state_dict(model).items()}, str(temp), metadata)
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from instructkit.config import FinetuneConfig, load_config, save_config
 from instructkit.errors import DataError, ModelError, UserError
+from instructkit.files import write_atomic
 from instructkit.train import distributed
 from instructkit.train.schedule import build_scheduler
 from instructkit.train.state import (
@@ -615,9 +616,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop the lines an interrupted run logged after its last checkpoint, atomically."""
     rows = [row for row in read_metrics(path) if row["step"] <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _silent(*args, **kwargs) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from instructkit.errors import UserError
+from instructkit.files import fsync_directory
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 TMP_PREFIX = ".tmp-"
@@ -95,7 +96,7 @@ def save_checkpoint(
         {"scheduler": scheduler.state_dict(), "rng": rng if rng is not None else rng_state()},
     )
     _write_json(tmp / "position.json", asdict(position))
-    _fsync_dir(tmp)
+    fsync_directory(tmp)
     if final.exists():  # re-saving a step (e.g. a resumed run that stops where it began)
         old = root / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
         os.rename(final, old)
@@ -103,7 +104,7 @@ def save_checkpoint(
         shutil.rmtree(old)
     else:
         os.rename(tmp, final)
-    _fsync_dir(root)
+    fsync_directory(root)
     for stale in checkpoint_dirs(root)[:-keep]:
         shutil.rmtree(stale)
     for leftover in root.glob(f"{TMP_PREFIX}*"):
@@ -157,10 +158,3 @@ def _write_json(path: Path, obj: Any) -> None:
         handle.flush()
         os.fsync(handle.fileno())
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
