@@ -12,6 +12,12 @@ import argparse
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every default and keeps hand-written line breaks in descriptions."""
 
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # A required flag or one without a default has nothing to show: no "(default: None)".
+        if action.required or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --style, --tokenizer and --device, as every command that loads a model reads them."""

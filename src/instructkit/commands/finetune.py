@@ -47,8 +47,12 @@ def register(subparsers) -> None:
     helps = field_help(FinetuneConfig)
     for field in dataclasses.fields(FinetuneConfig):
         flag = "--" + field.name.replace("_", "-")
-        default = "required" if field.default == "" else f"default: {field.default}"
-        text = f"{helps[field.name]} ({default})".replace("%", "%%")
+        text = helps[field.name]
+        if field.default == "":
+            text += " (required)"
+        elif field.default is not None:  # None means unset: the help says what that does
+            text += f" (default: {field.default})"
+        text = text.replace("%", "%%")
         annotation = str(field.type)
         if annotation == "bool":
             parser.add_argument(
