@@ -6,8 +6,8 @@ import sys
 import torch
 
 from instructkit.data import Example
+from instructkit.data.packing_check import check_packing
 from instructkit.model import GPTConfig, GPTModel
-from instructkit.model.packing_check import check_packing
 
 
 def make_model() -> GPTModel:

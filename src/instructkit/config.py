@@ -22,8 +22,10 @@ import yaml
 from instructkit.errors import UserError
 from instructkit.files import write_atomic
 
-# How records split into train/test/val (see `instructkit.data.split_records`).
-SPLITS = ("auto", "book", "shuffled", "field")
+# How records split (see `instructkit.data.split_records`), and the parts they split into,
+# in the order the book returns them.
+SPLIT_METHODS = ("auto", "book", "shuffled", "field")
+SPLIT_NAMES = ("train", "test", "val")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -114,7 +116,10 @@ class FinetuneConfig:
         check(bool(self.data), "data: no instruction file given (use --data FILE)")
         check(bool(self.out), "out: no run directory given (use --out DIR)")
         check(bool(self.model), "model: no model given (use --model SPEC)")
-        check(self.split in SPLITS, f"split: {self.split!r} is not one of {', '.join(SPLITS)}")
+        check(
+            self.split in SPLIT_METHODS,
+            f"split: {self.split!r} is not one of {', '.join(SPLIT_METHODS)}",
+        )
         check(self.epochs >= 1, f"epochs: must be at least 1, got {self.epochs}")
         check(
             self.max_steps is None or self.max_steps >= 1,

@@ -10,12 +10,13 @@ batches. `builtin` writes the built-in demo dataset to a file.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from instructkit.commands import HelpFormatter
+from instructkit.commands.finetune import add_finetune_flags
 
 SHOWN_TOKEN_CHARS = 18
+INSPECT_FINETUNE_FLAGS = ("tokenizer", "style", "allowed_max_length", "batch_size", "seed")
 
 
 def register(subparsers) -> None:
@@ -35,25 +36,14 @@ def register(subparsers) -> None:
     )
     inspect.add_argument("file", type=Path, metavar="FILE", help="records file")
     inspect.add_argument(
-        "--tokenizer",
-        default="gpt2",
-        help="tiktoken name, .tiktoken ranks file, tokenizer.json, or a directory holding one",
-    )
-    inspect.add_argument(
         "--fields",
         default=None,
         help="column mapping, e.g. instruction=prompt,output=completion",
     )
-    inspect.add_argument("--style", default="alpaca", help="prompt style (alpaca, phi3, chatml)")
     inspect.add_argument("--context-length", type=int, default=1024, help="model context length")
-    inspect.add_argument(
-        "--allowed-max-length",
-        type=int,
-        default=None,
-        help="truncate examples to this many tokens (default: the context length)",
-    )
-    inspect.add_argument("--batch-size", type=int, default=8, help="batch size for padding stats")
-    inspect.add_argument("--seed", type=int, default=0, help="seed for the shuffled batches")
+    # finetune's own flags and defaults, so the report describes what finetune will do;
+    # only the tokenizer differs: there is no model here to take one from, so GPT-2's.
+    add_finetune_flags(inspect, INSPECT_FINETUNE_FLAGS, defaults={"tokenizer": "gpt2"})
     inspect.add_argument(
         "--show-labels",
         type=int,
@@ -99,14 +89,9 @@ def run_builtin(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from instructkit.data import (
-        get_style,
-        load_instructions,
-        parse_fields,
-        resolve_split_method,
-        split_records,
-    )
-    from instructkit.errors import UserError
+    from instructkit.data import InstructionDataset, get_style, load_instructions, parse_fields
+    from instructkit.data.stats import record_stats, token_stats, truncation_limit
+    from instructkit.errors import DataError, UserError
 
     problems = [
         f"--{name.replace('_', '-')} must be at least 1, got {value}"
@@ -121,22 +106,47 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(problems)
     style = get_style(args.style)
     records = load_instructions(args.file, parse_fields(args.fields))
-    method = resolve_split_method(records)
-    train, test, val = split_records(records, method, source=args.file)
-    print(f"{args.file}: {len(records)} records, all valid")
-    print(f"  with input: {sum(bool(r['input']) for r in records)}")
-    extra = sorted({key for r in records for key in r} - {"instruction", "input", "output"})
-    if extra:
-        print(f"  extra keys kept: {', '.join(extra)}")
-    split_by = "each record's split field" if method == "field" else "book split"
-    print(f"  {split_by} (train/test/val): {len(train)}/{len(test)}/{len(val)}")
-    for field in ("instruction", "input", "output"):
-        print(f"  {field} characters: {_stats([len(r[field]) for r in records])}")
+    _print_records(args.file, record_stats(records, source=str(args.file)))
 
     tokenizer = _tokenizer_or_none(args.tokenizer)
     if tokenizer is None:
         return 0
-    return _token_report(args, records, style, tokenizer)
+    dataset = InstructionDataset(records, tokenizer, style)
+    limit = truncation_limit(args.allowed_max_length, args.context_length)
+    stats = token_stats(dataset, args.context_length, limit, args.batch_size, args.seed)
+    _print_tokens(stats, dataset, args.batch_size)
+
+    if args.show_labels:
+        _show_labels(dataset, limit, args.show_labels)
+    if args.check_packing:
+        _check_packing(args, dataset, limit)
+    if args.plot:
+        from instructkit.plots import plot_length_histogram
+
+        plot_length_histogram(
+            stats.prompt_lengths, stats.response_lengths, args.plot, limit, title=args.file.name
+        )
+        print(f"wrote {args.plot}")
+
+    too_long = [
+        f"{args.file}: record index {index}: prompt alone is {stats.prompt_lengths[index]} "
+        f"tokens, the context length is {args.context_length}: no room for the response"
+        for index in stats.prompts_filling_context
+    ]
+    if too_long:
+        raise DataError(too_long)
+    return 0
+
+
+def _print_records(path: Path, stats) -> None:
+    print(f"{path}: {stats.records} records, all valid")
+    print(f"  with input: {stats.with_input}")
+    if stats.extra_keys:
+        print(f"  extra keys kept: {', '.join(stats.extra_keys)}")
+    split_by = "each record's split field" if stats.split_method == "field" else "book split"
+    print(f"  {split_by} (train/test/val): {'/'.join(map(str, stats.split_sizes))}")
+    for field, summary in stats.characters.items():
+        print(f"  {field} characters: {summary}")
 
 
 def _tokenizer_or_none(spec: str):
@@ -156,87 +166,40 @@ def _tokenizer_or_none(spec: str):
         return None
 
 
-def _token_report(args, records, style, tokenizer) -> int:
-    from instructkit.data import InstructionCollator, InstructionDataset, build_loader
-    from instructkit.errors import DataError
+def _print_tokens(stats, dataset, batch_size: int) -> None:
+    from instructkit.data.stats import summarize
 
-    dataset = InstructionDataset(records, tokenizer, style)
-    limit = args.allowed_max_length or args.context_length
-    prompts = [example.prompt_length for example in dataset.examples]
-    responses = [len(example) - example.prompt_length for example in dataset.examples]
-    totals = dataset.lengths
-    print(f"tokens ({tokenizer.name}, style {style.name}, vocabulary {tokenizer.vocab_size}):")
-    print(f"  prompt:   {_stats(prompts)}")
-    print(f"  response: {_stats(responses)}")
-    print(f"  total:    {_stats([t + 1 for t in totals])}  (with the end-of-text token)")
-    over_context = sum(t + 1 > args.context_length for t in totals)
-    truncated = sum(t > limit for t in totals)
-    print(f"  longer than the context length {args.context_length}: {over_context}")
+    tokenizer = dataset.tokenizer
     print(
-        f"  truncated to {limit} tokens: {truncated} (the book's collate drops their "
-        "end-of-text target; InstructionCollator keeps it)"
+        f"tokens ({tokenizer.name}, style {dataset.style.name}, vocabulary {tokenizer.vocab_size}):"
     )
-    masking = InstructionCollator(tokenizer.eos_id, allowed_max_length=limit, mask_prompt=True)
-    empty = 0
-    for start in range(0, len(dataset), 64):
-        batch = masking(dataset.examples[start : start + 64])
-        empty += int(((batch.targets != masking.ignore_index).sum(1) == 0).sum())
-    print(f"  training on zero tokens with mask_prompt: {empty}")
-
-    print(f"padding efficiency, real tokens / all tokens (batch size {args.batch_size}):")
-    modes = (
-        ("random", InstructionCollator(tokenizer.eos_id, allowed_max_length=limit), False),
-        ("length-grouped", InstructionCollator(tokenizer.eos_id, allowed_max_length=limit), True),
-        (
-            "packed",
-            InstructionCollator(tokenizer.eos_id, allowed_max_length=limit, pack=True),
-            False,
-        ),
+    print(f"  prompt:   {summarize(stats.prompt_lengths)}")
+    print(f"  response: {summarize(stats.response_lengths)}")
+    print(f"  total:    {summarize(stats.total_lengths)}  (with the end-of-text token)")
+    print(f"  longer than the context length {stats.context_length}: {stats.over_context}")
+    print(
+        f"  truncated to {stats.limit} tokens: {stats.truncated} (the book's collate drops "
+        "their end-of-text target; InstructionCollator keeps it)"
     )
-    for name, collator, grouped in modes:
-        loader = build_loader(
-            dataset, collator, args.batch_size, group_by_length=grouped, seed=args.seed
-        )
-        batches = list(loader)
-        real = sum(batch.num_real_tokens for batch in batches)
-        total = sum(batch.input_ids.numel() for batch in batches)
-        shape = f"{len(batches)} batch" + ("" if len(batches) == 1 else "es")
-        if collator.pack:
-            shape += f" of up to {args.batch_size} rows x {limit} tokens"
-        print(f"  {name + ':':16}{real / total:.3f}  ({shape})")
-
-    if args.show_labels:
-        _show_labels(dataset, tokenizer, limit, args.show_labels)
-    if args.check_packing:
-        _check_packing(args, dataset, tokenizer, limit)
-    if args.plot:
-        from instructkit.plots import plot_length_histogram
-
-        plot_length_histogram(prompts, responses, args.plot, limit, title=str(args.file.name))
-        print(f"wrote {args.plot}")
-
-    problems = [
-        f"{args.file}: record index {index}: prompt alone is {length} tokens, the context "
-        f"length is {args.context_length}: no room for the response"
-        for index, length in enumerate(prompts)
-        if length >= args.context_length
-    ]
-    if problems:
-        raise DataError(problems)
-    return 0
+    print(f"  training on zero tokens with mask_prompt: {stats.masked_empty}")
+    print(f"padding efficiency, real tokens / all tokens (batch size {batch_size}):")
+    for mode in stats.batching:
+        shape = f"{mode.batches} batch" + ("" if mode.batches == 1 else "es")
+        if mode.packed:
+            shape += f" of up to {batch_size} rows x {stats.limit} tokens"
+        print(f"  {mode.name + ':':16}{mode.padding_efficiency:.3f}  ({shape})")
 
 
-def _check_packing(args, dataset, tokenizer, limit: int) -> None:
+def _check_packing(args, dataset, limit: int) -> None:
     """Run the packed-vs-padded self-test on the first examples of the user's data."""
+    from instructkit.data.packing_check import TOLERANCE, check_packing
     from instructkit.errors import UserError
     from instructkit.model import load_pretrained
-    from instructkit.model.packing_check import TOLERANCE, check_packing
 
-    model, _ = load_pretrained(args.model, tokenizer=tokenizer)
+    model, _ = load_pretrained(args.model, tokenizer=dataset.tokenizer, seed=args.seed)
     max_length = min(limit, model.config.context_length)
-    check = check_packing(
-        model, dataset.examples[: args.check_examples], tokenizer.eos_id, max_length
-    )
+    examples = dataset.examples[: args.check_examples]
+    check = check_packing(model, examples, dataset.tokenizer.eos_id, max_length)
     print(
         f"packing self-test ({args.model}, {check.examples} examples in {check.packed_rows} "
         f"packed rows): max logit difference {check.max_logit_difference:.2e}, loss padded "
@@ -250,43 +213,25 @@ def _check_packing(args, dataset, tokenizer, limit: int) -> None:
     print("  passed: packing changes nothing the model computes")
 
 
-def _show_labels(dataset, tokenizer, limit: int, count: int) -> None:
-    """Each position's input token, its target, and whether the loss sees it."""
-    from instructkit.data import InstructionCollator
+def _show_labels(dataset, limit: int, count: int) -> None:
+    from instructkit.data.stats import label_targets
 
-    collator = InstructionCollator(tokenizer.eos_id, allowed_max_length=limit, mask_prompt=True)
+    tokenizer = dataset.tokenizer
+    width = SHOWN_TOKEN_CHARS + 2
     for index, example in enumerate(dataset.examples[:count]):
-        batch = collator([example])
-        full = InstructionCollator(tokenizer.eos_id, allowed_max_length=limit)([example])
         print(
             f"\nexample {index}: {len(example)} tokens, prompt {example.prompt_length}; "
             f"'train' = always trained, 'prompt' = trained unless mask_prompt"
         )
-        print(
-            f"  {'pos':>5}  {'input':{SHOWN_TOKEN_CHARS + 2}}  {'target':{SHOWN_TOKEN_CHARS + 2}}  loss"
-        )
-        for position, (token, target) in enumerate(
-            zip(full.input_ids[0].tolist(), full.targets[0].tolist())
-        ):
-            masked = batch.targets[0, position].item() == collator.ignore_index
-            label = (
-                "ignored" if target == collator.ignore_index else ("prompt" if masked else "train")
-            )
-            shown = _token_text(tokenizer, target) if target != collator.ignore_index else "-"
+        print(f"  {'pos':>5}  {'input':{width}}  {'target':{width}}  loss")
+        for row in label_targets(example, tokenizer.eos_id, limit):
+            shown = "-" if row.target_id is None else _token_text(tokenizer, row.target_id)
             print(
-                f"  {position:>5}  {_token_text(tokenizer, token):{SHOWN_TOKEN_CHARS + 2}}  "
-                f"{shown:{SHOWN_TOKEN_CHARS + 2}}  {label}"
+                f"  {row.position:>5}  {_token_text(tokenizer, row.input_id):{width}}  "
+                f"{shown:{width}}  {row.label}"
             )
 
 
 def _token_text(tokenizer, token: int) -> str:
     text = repr(tokenizer.decode([token]))
     return text if len(text) <= SHOWN_TOKEN_CHARS + 2 else text[: SHOWN_TOKEN_CHARS + 1] + "…"
-
-
-def _stats(values: list[int]) -> str:
-    """min/mean/p95/max of a list of lengths (p95 by nearest rank)."""
-    ordered = sorted(values)
-    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-    mean = sum(ordered) / len(ordered)
-    return f"min {ordered[0]}, mean {mean:.1f}, p95 {p95}, max {ordered[-1]}"

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 
 from instructkit.commands import HelpFormatter
-from instructkit.config import LR_SCHEDULES, PRECISIONS, SPLITS, FinetuneConfig, field_help
+from instructkit.commands.flags import add_config_flags
+from instructkit.config import LR_SCHEDULES, PRECISIONS, SPLIT_METHODS, FinetuneConfig
 
 DESCRIPTION = """\
 Fine-tune a GPT model on instruction/input/output records (the book's chapter 7).
@@ -31,7 +32,7 @@ examples:
 """
 
 METAVARS = {"data": "FILE", "out": "DIR", "model": "SPEC", "tokenizer": "SPEC"}
-CHOICES = {"split": SPLITS, "lr_schedule": LR_SCHEDULES, "precision": PRECISIONS}
+CHOICES = {"split": SPLIT_METHODS, "lr_schedule": LR_SCHEDULES, "precision": PRECISIONS}
 
 
 def register(subparsers) -> None:
@@ -44,29 +45,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--config", metavar="FILE.yaml", help="read settings from YAML (flags override it)"
     )
-    helps = field_help(FinetuneConfig)
-    for field in dataclasses.fields(FinetuneConfig):
-        flag = "--" + field.name.replace("_", "-")
-        text = helps[field.name]
-        if field.default == "":
-            text += " (required)"
-        elif field.default is not None:  # None means unset: the help says what that does
-            text += f" (default: {field.default})"
-        text = text.replace("%", "%%")
-        annotation = str(field.type)
-        if annotation == "bool":
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
-            )
-            continue
-        parser.add_argument(
-            flag,
-            type=value_parser(annotation),
-            default=argparse.SUPPRESS,
-            choices=CHOICES.get(field.name),
-            metavar=METAVARS.get(field.name, field.name.split("_")[-1].upper()),
-            help=text,
-        )
+    add_finetune_flags(parser, layered=True)
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
@@ -77,18 +56,23 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def value_parser(annotation: str):
-    """argparse type for a field annotated like 'int | None' ('none' gives None)."""
-    kinds = [part.strip() for part in annotation.split("|")]
-    base = {"int": int, "float": float, "str": str}[kinds[0]]
-
-    def parse(text: str):
-        if "None" in kinds and text.lower() == "none":
-            return None
-        return base(text)
-
-    parse.__name__ = kinds[0]  # argparse names the type in "invalid int value" messages
-    return parse
+def add_finetune_flags(
+    parser: argparse.ArgumentParser,
+    names: tuple[str, ...] | None = None,
+    *,
+    layered: bool = False,
+    defaults: dict | None = None,
+) -> None:
+    """`FinetuneConfig` fields as flags: all of them for finetune, the shared ones for others."""
+    add_config_flags(
+        parser,
+        FinetuneConfig,
+        names,
+        layered=layered,
+        defaults=defaults,
+        choices=CHOICES,
+        metavars=METAVARS,
+    )
 
 
 def run(args: argparse.Namespace) -> int:

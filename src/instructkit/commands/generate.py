@@ -6,9 +6,7 @@ import argparse
 from pathlib import Path
 
 from instructkit.commands import HelpFormatter, add_model_arguments
-from instructkit.config import SPLITS as SPLIT_METHODS
-
-SPLITS = ("test", "train", "val", "all")
+from instructkit.config import SPLIT_METHODS, SPLIT_NAMES
 
 
 def register(subparsers) -> None:
@@ -29,7 +27,10 @@ def register(subparsers) -> None:
     source.add_argument("--prompt", help="one instruction; its response is printed")
     parser.add_argument("--input", default="", help="the optional input for --prompt")
     parser.add_argument(
-        "--split", choices=SPLITS, default="test", help="which part of --data to answer"
+        "--split",
+        choices=(*SPLIT_NAMES, "all"),
+        default="test",
+        help="which part of --data to answer",
     )
     parser.add_argument(
         "--split-by",

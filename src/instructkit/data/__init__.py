@@ -18,6 +18,7 @@ from instructkit.data.sampling import (
 )
 from instructkit.data.splits import (
     SPLIT_METHODS,
+    SPLIT_NAMES,
     resolve_split_method,
     split_book,
     split_by_field,
@@ -27,6 +28,7 @@ from instructkit.data.splits import (
 
 __all__ = [
     "SPLIT_METHODS",
+    "SPLIT_NAMES",
     "STYLE_NAMES",
     "Batch",
     "Example",

@@ -17,10 +17,9 @@ from itertools import chain
 
 import torch
 
+from instructkit.constants import IGNORE_INDEX
 from instructkit.data.dataset import Example
 from instructkit.data.sampling import pack_lengths
-
-IGNORE_INDEX = -100
 
 
 def custom_collate_fn(

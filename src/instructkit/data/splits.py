@@ -10,12 +10,11 @@ from __future__ import annotations
 import random
 from typing import TypeVar
 
-from instructkit.config import SPLITS as SPLIT_METHODS
+from instructkit.config import SPLIT_METHODS, SPLIT_NAMES
 from instructkit.errors import DataError, UserError
 
 T = TypeVar("T")
 BOOK_FRACTIONS = (0.85, 0.10, 0.05)
-SPLIT_NAMES = ("train", "test", "val")
 
 
 def split_book(records: list[T]) -> tuple[list[T], list[T], list[T]]:

@@ -17,10 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from instructkit.constants import IGNORE_INDEX
 from instructkit.errors import ModelError
 from instructkit.model.config import GPTConfig
-
-IGNORE_INDEX = -100
 
 
 class KVCache:

@@ -5,7 +5,8 @@ example and segment ids that keep attention inside it. If any of that were wrong
 example would see its neighbours and its logits would differ from the same example
 padded alone in its row. `check_packing` runs both layouts through a model and compares
 every example's logits and the batch loss; `instructkit data inspect --check-packing`
-runs it on a user's own data and model.
+runs it on a user's own data and model. It lives with the data because it tests the
+collator's packing; the model is only an argument, so `model/` needs nothing from `data/`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from instructkit.data import Batch, Example, InstructionCollator
+from instructkit.constants import IGNORE_INDEX
+from instructkit.data.collate import Batch, InstructionCollator
+from instructkit.data.dataset import Example
 
 TOLERANCE = 1e-4
 
@@ -40,7 +43,7 @@ def example_logits(model: torch.nn.Module, batch: Batch) -> dict[tuple[int, ...]
     """Each example's logits keyed by its input ids, read out of padded or packed rows."""
     logits = model(batch.input_ids, batch.position_ids, batch.segment_ids)  # (B, T, V)
     found: dict[tuple[int, ...], torch.Tensor] = {}
-    targets_kept = batch.targets != -100
+    targets_kept = batch.targets != IGNORE_INDEX
     for row in range(batch.input_ids.shape[0]):
         if batch.segment_ids is None:
             # a padded row holds one example: its tokens up to its end-of-text target
