@@ -45,7 +45,7 @@ from instructkit.train.metrics import LossWindow, append_metrics, read_metrics, 
 from instructkit.train.rundir import check_run_dir, claim_run_dir
 from instructkit.train.schedule import build_scheduler
 from instructkit.train.state import Position, load_checkpoint, open_epoch, save_run_checkpoint
-from instructkit.train.steps import LossModule, accumulate_gradients, evaluate
+from instructkit.train.steps import LossModule, Units, accumulate_gradients, evaluate, target_tokens
 from instructkit.train.stopping import StopRequest, check_finite, install_test_step_delay
 
 
@@ -87,9 +87,10 @@ class Run:
     epoch_batches: int  # batches in the current epoch (packing varies it by one or so)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    objective: nn.Module  # the loss as a module: evaluation calls it
+    objective: nn.Module  # forward(batch) -> summed loss (steps.py); evaluation calls it
     train_module: nn.Module  # the objective, wrapped for DDP and torch.compile
     autocast: torch.autocast
+    units: Units = target_tokens  # what the objective's loss sum is averaged over
     position: Position = field(default_factory=Position)
     pending_rng: dict | None = None  # a checkpoint's RNG, restored when its epoch opens
     window: LossWindow = field(default_factory=LossWindow)
@@ -364,7 +365,7 @@ def train(run: Run, progress: bool = True) -> None:
             bar.update(1)
             tok_s = f"{run.window.tokens_per_s:,.0f}"
             bar.set_postfix(loss=f"{run.train_loss:.3f}", lr=f"{lr:.2e}", tok_s=tok_s)
-
+            # At the step boundary: evaluate, log, checkpoint, maybe stop.
             finished = position.step == run.total_steps
             evaluated = finished or bool(
                 run.config.eval_every and position.step % run.config.eval_every == 0
@@ -400,7 +401,7 @@ def optimizer_step(run: Run, batches: Iterator, stop: StopRequest) -> tuple[floa
     micro = list(itertools.islice(batches, run.config.grad_accum))
     lr = run.scheduler.get_last_lr()[0]
     local_loss, tokens, records = accumulate_gradients(
-        run.train_module, micro, run.info, run.device, run.autocast
+        run.train_module, micro, run.info, run.device, run.autocast, run.units
     )
     loss_sum, stop_votes = distributed.sum_across(
         [local_loss, float(stop.requested)], run.info, run.device
@@ -423,7 +424,9 @@ def optimizer_step(run: Run, batches: Iterator, stop: StopRequest) -> tuple[floa
 
 
 def run_evaluate(run: Run, loader, num_batches: int) -> float:
-    return evaluate(run.objective, loader, num_batches, run.device, run.info, run.autocast)
+    return evaluate(
+        run.objective, loader, num_batches, run.device, run.info, run.autocast, run.units
+    )
 
 
 def log_row(
