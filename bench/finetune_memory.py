@@ -53,7 +53,7 @@ def run_variant(model_dir: str, out: str, steps: int, pack: bool, rows: int, len
 
     from instructkit.config import FinetuneConfig
     from instructkit.train import finetune
-    from instructkit.train.loop import read_metrics
+    from instructkit.train.metrics import read_metrics
 
     config = FinetuneConfig(
         data=str(BOOK_DATA), out=out, model=model_dir, max_steps=steps, eval_every=0,

@@ -23,7 +23,7 @@ def run_instructkit(train: list[dict], tokenizer, steps: int, seed: int, *,
     from instructkit.config import FinetuneConfig
     from instructkit.model import GPTConfig, GPTModel, save_pretrained
     from instructkit.train import finetune
-    from instructkit.train.loop import read_metrics
+    from instructkit.train.metrics import read_metrics
 
     records = json.loads(BOOK_DATA.read_text(encoding="utf-8"))
     with tempfile.TemporaryDirectory() as tmp:

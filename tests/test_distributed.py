@@ -20,7 +20,7 @@ from instructkit.data import InstructionCollator, InstructionDataset, format_inp
 from instructkit.model import GPTConfig, GPTModel
 from instructkit.tokenizer import train_tokenizer
 from instructkit.train.distributed import Dist, init, pick_device, sum_across
-from instructkit.train.loop import LossModule, accumulate_gradients
+from instructkit.train.steps import LossModule, accumulate_gradients
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -31,8 +31,9 @@ from instructkit.model import GPTConfig, GPTModel
 from instructkit.tokenizer import train_tokenizer
 from instructkit.train import DivergedError, finetune
 from instructkit.train.distributed import Dist
-from instructkit.train.loop import LossModule, accumulate_gradients, read_metrics
+from instructkit.train.metrics import read_metrics
 from instructkit.train.schedule import lr_factor
+from instructkit.train.steps import LossModule, accumulate_gradients
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,7 +9,7 @@ masking and packing on), generates responses for the held-out test split with th
 `generate_responses` path as `instructkit generate` (batched, greedy), and scores them
 with exact match and ROUGE-L per task family. The untrained model (same seed, the
 weights training starts from) is scored the same way, for contrast. Everything lands in
-the run directory of DESIGN.md, plus `report.md`.
+the run directory of DESIGN.md, plus `report.md` (written by `instructkit.demo_report`).
 
 It runs on the CPU with fixed seeds, so running it twice gives the same numbers.
 """
@@ -22,9 +22,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from instructkit.errors import UserError
-from instructkit.files import write_atomic, write_json
+from instructkit.files import write_json
+
+if TYPE_CHECKING:
+    from instructkit.config import FinetuneConfig
 
 # The book's exercise 7.1 prompts: half the tokens of its alpaca prompts for these short
 # tasks, so each training step holds twice the examples (measured in BENCHMARKS.md).
@@ -32,12 +36,6 @@ STYLE = "phi3"
 REAL_GPT2_COMMAND = "instructkit finetune --model gpt2-medium --data your.json --out runs/gpt2m"
 # Files the demo writes besides the run artifacts that `finetune` manages.
 DEMO_ARTIFACTS = ("data.json", "tokenizer", "untrained_responses.json")
-EXAMPLES_IN_REPORT = 1  # responses shown per family
-PRECISION_TEXT = {
-    "fp32": "fp32",
-    "bf16": "bf16 autocast (this CPU multiplies bf16 natively; elsewhere the demo runs fp32 "
-    "and fewer steps)",
-}
 MAX_NEW_TOKENS_MARGIN = 8  # beyond the longest training answer, so a long answer is never cut
 
 
@@ -105,6 +103,40 @@ class DemoResult:
     summary: str
 
 
+@dataclass
+class DemoData:
+    """The data stage's output: the run dir, the splits, the tokenizer trained on them."""
+
+    out_dir: Path
+    data_path: Path
+    train: list[dict]
+    val: list[dict]
+    test: list[dict]
+    """The scored test records (`DemoPlan.test_per_family` of each family)."""
+    tokenizer: Any
+    max_new_tokens: int
+
+
+class Stages:
+    """The demo's stages on one progress bar, each one's wall time kept for the report."""
+
+    def __init__(self, progress: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=6, desc="demo", unit="stage", disable=not progress, dynamic_ncols=True
+        )
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        self.bar.set_postfix_str(name)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - start
+        self.bar.update(1)
+
+
 def run_demo(
     out: str | Path = "runs/demo",
     *,
@@ -120,145 +152,169 @@ def run_demo(
     precision: "auto" (bf16 where the CPU multiplies it natively, else fp32), "fp32" or
     "bf16"; the full demo's steps follow it (FULL or FULL_BF16).
     """
-    from tqdm.auto import tqdm
-
-    from instructkit.config import FinetuneConfig
-    from instructkit.data import get_style, load_instructions, split_by_field
-    from instructkit.data.builtin import write_builtin
-    from instructkit.evaluate import compute_metrics, evaluate_responses
-    from instructkit.model import load_pretrained
-    from instructkit.responses import generate_responses, load_for_generation
-    from instructkit.tokenizer import train_tokenizer
+    from instructkit.demo_report import summary_text, write_report
+    from instructkit.evaluate import compute_metrics
     from instructkit.train import finetune
 
     plan = plan or choose_plan(quick, precision)
     started, cpu_started = time.perf_counter(), time.process_time()
-    timings: dict[str, float] = {}
-    stages = tqdm(total=6, desc="demo", unit="stage", disable=not progress, dynamic_ncols=True)
-
-    @contextlib.contextmanager
-    def timed(name: str):
-        """One stage of the demo: shown on the progress bar, its wall time kept for the report."""
-        stages.set_postfix_str(name)
-        start = time.perf_counter()
-        yield
-        timings[name] = time.perf_counter() - start
-        stages.update(1)
-
-    with stages:
-        with timed("data and tokenizer"):
-            out_dir = claim_run_dir(Path(out), overwrite)
-            data_path = out_dir / "data.json"
-            write_builtin(data_path, seed=seed)
-            records = load_instructions(data_path)
-            train, test, val = split_by_field(records, str(data_path))  # as finetune splits it
-            test = pick_per_family(test, plan.test_per_family)
-            style = get_style(STYLE)
-            tokenizer = train_tokenizer([style.text(record) for record in train], plan.vocab_size)
-            tokenizer.save(out_dir / "tokenizer")
-            max_new_tokens = MAX_NEW_TOKENS_MARGIN + max(
-                len(tokenizer.encode(style.response(record))) for record in train
-            )
-
-        def answer_test(model, tokenizer, style, name: str) -> list[dict]:
-            """The test records with `model`'s responses, saved as `name` in the run dir."""
-            answered = generate_responses(
-                model,
-                tokenizer,
-                style,
-                test,
-                batch_size=32,
-                max_new_tokens=max_new_tokens,
-                progress=progress,
-            )
-            write_json(out_dir / name, answered)
-            return answered
-
-        with timed("untrained responses"):
-            untrained_model, _ = load_pretrained(plan.model, tokenizer=tokenizer, seed=seed)
-            untrained_records = answer_test(
-                untrained_model, tokenizer, style, "untrained_responses.json"
-            )
+    stages = Stages(progress)
+    with stages.bar:
+        with stages.timed("data and tokenizer"):
+            data = prepare_data(Path(out), overwrite, seed, plan)
+        with stages.timed("untrained responses"):
+            untrained_records = answer_untrained(data, plan, seed, progress)
             untrained = compute_metrics(untrained_records)
-            del untrained_model
-
-        with timed("fine-tuning"):
-            config = FinetuneConfig(
-                data=str(data_path),
-                out=str(out_dir),
-                model=plan.model,
-                tokenizer=str(out_dir / "tokenizer"),
-                style=STYLE,
-                split="field",
-                epochs=plan.epochs,
-                max_steps=plan.max_steps,
-                batch_size=plan.batch_size,
-                lr=plan.lr,
-                weight_decay=0.1,
-                warmup_steps=plan.warmup_steps,
-                lr_schedule="cosine",
-                min_lr_ratio=0.1,
-                grad_clip=1.0,
-                allowed_max_length=plan.row_length,
-                mask_prompt=True,
-                pack=True,
-                eval_every=plan.eval_every,
-                eval_batches=len(val),  # the whole validation split (packing makes few batches)
-                save_every=0,
-                keep_checkpoints=1,
-                seed=seed,
-                device="cpu",
-                precision=plan.precision,
-            )
+        with stages.timed("fine-tuning"):
             # The run dir is ours (claimed above); overwrite lets finetune write beside data.json.
-            run = finetune(config, tokenizer=tokenizer, overwrite=True, progress=progress)
-
-        with timed("trained responses"):
-            # Generate from the saved model/, as `instructkit generate --model RUN` would.
-            model, saved_tokenizer, saved_style = load_for_generation(str(out_dir), device="cpu")
-            trained_records = answer_test(model, saved_tokenizer, saved_style, "responses.json")
-
-        with timed("scores"):
-            scores = evaluate_responses(out_dir / "responses.json", progress=False)
-            scores["untrained"] = {
-                "responses": str(out_dir / "untrained_responses.json"),
-                "metrics": {key: value for key, value in untrained.items() if key != "per_record"},
-            }
-            write_json(out_dir / "scores.json", scores)
-
-        with timed("report"):
-            elapsed = time.perf_counter() - started
+            config = finetune_config(data, plan, seed)
+            run = finetune(config, tokenizer=data.tokenizer, overwrite=True, progress=progress)
+        with stages.timed("trained responses"):
+            model, trained_records = answer_trained(data, progress)
+        with stages.timed("scores"):
+            scores = score(data.out_dir, untrained)
+        with stages.timed("report"):
             facts = {
                 "seed": seed,
                 "quick": quick,
                 "plan": plan,
-                "counts": (len(train), len(val), len(test)),
-                "tokenizer_vocab": tokenizer.vocab_size,
+                "counts": (len(data.train), len(data.val), len(data.test)),
+                "tokenizer_vocab": data.tokenizer.vocab_size,
                 "model_config": model.config,
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "run": run,
-                "max_new_tokens": max_new_tokens,
-                "timings": dict(timings),
-                "elapsed_s": elapsed,
+                "max_new_tokens": data.max_new_tokens,
+                "timings": dict(stages.timings),
+                "elapsed_s": time.perf_counter() - started,
                 "cpu_s": time.process_time() - cpu_started,
             }
+            trained = scores["metrics"]
             write_report(
-                out_dir / "report.md",
+                data.out_dir / "report.md",
                 facts,
-                scores["metrics"],
+                trained,
                 untrained,
                 trained_records,
                 untrained_records,
             )
-
-    elapsed = time.perf_counter() - started
     return DemoResult(
-        out_dir=out_dir,
-        trained=scores["metrics"],
+        out_dir=data.out_dir,
+        trained=trained,
         untrained=scores["untrained"]["metrics"],
-        elapsed_s=elapsed,
-        summary=summary_text(out_dir, scores["metrics"], untrained, facts),
+        elapsed_s=time.perf_counter() - started,
+        summary=summary_text(data.out_dir, trained, untrained, facts),
     )
+
+
+# ---- the stages --------------------------------------------------------------------------
+
+
+def prepare_data(out: Path, overwrite: bool, seed: int, plan: DemoPlan) -> DemoData:
+    """Claim the run dir, write the built-in data, split it, train the tokenizer."""
+    from instructkit.data import get_style, load_instructions, split_by_field
+    from instructkit.data.builtin import write_builtin
+    from instructkit.tokenizer import train_tokenizer
+
+    out_dir = claim_run_dir(out, overwrite)
+    data_path = out_dir / "data.json"
+    write_builtin(data_path, seed=seed)
+    records = load_instructions(data_path)
+    train, test, val = split_by_field(records, str(data_path))  # as finetune splits it
+    style = get_style(STYLE)
+    tokenizer = train_tokenizer([style.text(record) for record in train], plan.vocab_size)
+    tokenizer.save(out_dir / "tokenizer")
+    longest_answer = max(len(tokenizer.encode(style.response(record))) for record in train)
+    return DemoData(
+        out_dir=out_dir,
+        data_path=data_path,
+        train=train,
+        val=val,
+        test=pick_per_family(test, plan.test_per_family),
+        tokenizer=tokenizer,
+        max_new_tokens=MAX_NEW_TOKENS_MARGIN + longest_answer,
+    )
+
+
+def answer_test(model, tokenizer, style, data: DemoData, name: str, progress: bool) -> list[dict]:
+    """The test records with `model`'s responses, saved as `name` in the run dir."""
+    from instructkit.responses import generate_responses
+
+    answered = generate_responses(
+        model,
+        tokenizer,
+        style,
+        data.test,
+        batch_size=32,
+        max_new_tokens=data.max_new_tokens,
+        progress=progress,
+    )
+    write_json(data.out_dir / name, answered)
+    return answered
+
+
+def answer_untrained(data: DemoData, plan: DemoPlan, seed: int, progress: bool) -> list[dict]:
+    """The responses of the weights fine-tuning starts from (same seed), for contrast."""
+    from instructkit.data import get_style
+    from instructkit.model import load_pretrained
+
+    model, _ = load_pretrained(plan.model, tokenizer=data.tokenizer, seed=seed)
+    style = get_style(STYLE)
+    return answer_test(model, data.tokenizer, style, data, "untrained_responses.json", progress)
+
+
+def finetune_config(data: DemoData, plan: DemoPlan, seed: int) -> FinetuneConfig:
+    """The `FinetuneConfig` of the plan: prompt masking and packing on, cosine schedule."""
+    from instructkit.config import FinetuneConfig
+
+    return FinetuneConfig(
+        data=str(data.data_path),
+        out=str(data.out_dir),
+        model=plan.model,
+        tokenizer=str(data.out_dir / "tokenizer"),
+        style=STYLE,
+        split="field",
+        epochs=plan.epochs,
+        max_steps=plan.max_steps,
+        batch_size=plan.batch_size,
+        lr=plan.lr,
+        weight_decay=0.1,
+        warmup_steps=plan.warmup_steps,
+        lr_schedule="cosine",
+        min_lr_ratio=0.1,
+        grad_clip=1.0,
+        allowed_max_length=plan.row_length,
+        mask_prompt=True,
+        pack=True,
+        eval_every=plan.eval_every,
+        eval_batches=len(data.val),  # the whole validation split (packing makes few batches)
+        save_every=0,
+        keep_checkpoints=1,
+        seed=seed,
+        device="cpu",
+        precision=plan.precision,
+    )
+
+
+def answer_trained(data: DemoData, progress: bool) -> tuple[Any, list[dict]]:
+    """The fine-tuned model and its responses, generated from the saved model/ as
+    `instructkit generate --model RUN` would."""
+    from instructkit.responses import load_for_generation
+
+    model, tokenizer, style = load_for_generation(str(data.out_dir), device="cpu")
+    return model, answer_test(model, tokenizer, style, data, "responses.json", progress)
+
+
+def score(out_dir: Path, untrained: dict) -> dict:
+    """scores.json: the trained model's per-record scores, the untrained model's metrics."""
+    from instructkit.evaluate import evaluate_responses
+
+    scores = evaluate_responses(out_dir / "responses.json", progress=False)
+    scores["untrained"] = {
+        "responses": str(out_dir / "untrained_responses.json"),
+        "metrics": {key: value for key, value in untrained.items() if key != "per_record"},
+    }
+    write_json(out_dir / "scores.json", scores)
+    return scores
 
 
 def choose_plan(quick: bool, precision: str) -> DemoPlan:
@@ -323,200 +379,3 @@ def pick_per_family(records: list[dict], per_family: int | None) -> list[dict]:
             taken[family] = taken.get(family, 0) + 1
             picked.append(record)
     return picked
-
-
-# ---- report.md and the terminal summary ------------------------------------------------
-
-
-def score_rows(trained: dict, untrained: dict) -> list[tuple[str, int, float, float, float, float]]:
-    """(family, n, exact trained, exact untrained, ROUGE-L trained, ROUGE-L untrained) rows,
-    the families first, the overall row last."""
-    rows = []
-    for family, group in trained.get("groups", {}).items():
-        other = untrained["groups"][family]
-        rows.append(
-            (
-                family,
-                group["n"],
-                group["exact_match"],
-                other["exact_match"],
-                group["rouge_l"],
-                other["rouge_l"],
-            )
-        )
-    rows.append(
-        (
-            "overall",
-            trained["n"],
-            trained["exact_match"],
-            untrained["exact_match"],
-            trained["rouge_l"],
-            untrained["rouge_l"],
-        )
-    )
-    return rows
-
-
-def summary_text(out_dir: Path, trained: dict, untrained: dict, facts: dict) -> str:
-    """The few lines printed at the end of `instructkit demo`."""
-    rows = score_rows(trained, untrained)
-    width = max(len(row[0]) for row in rows)
-    lines = [
-        "",
-        f"Held-out test split ({trained['n']} records), trained vs untrained model:",
-        f"  {'family':<{width}}  {'n':>4}  {'exact match':>19}  {'ROUGE-L':>17}",
-    ]
-    for family, n, em, em0, rl, rl0 in rows:
-        lines.append(
-            f"  {family:<{width}}  {n:>4}  {em:>8.2f} (was {em0:.2f})  {rl:>6.2f} (was {rl0:.2f})"
-        )
-    lines += [
-        "",
-        (
-            f"This {facts['parameters'] / 1e6:.1f}M-parameter GPT was trained from scratch, in "
-            f"{facts['elapsed_s'] / 60:.1f} minutes on the CPU, on the built-in toy tasks only:"
-        ),
-        "it shows the pipeline working, it is not a general instruction follower.",
-        "To fine-tune a real GPT-2 where its weights can be downloaded:",
-        f"  {REAL_GPT2_COMMAND}",
-        "",
-        f"Run directory: {out_dir}   (try it: instructkit chat --model {out_dir})",
-        (
-            "  report.md (read this first), scores.json, responses.json, loss.png, model/, "
-            "config.yaml"
-        ),
-    ]
-    return "\n".join(lines)
-
-
-def write_report(
-    path: Path,
-    facts: dict,
-    trained: dict,
-    untrained: dict,
-    trained_records: list[dict],
-    untrained_records: list[dict],
-) -> None:
-    """report.md: what was run, on what, with which numbers."""
-
-    plan: DemoPlan = facts["plan"]
-    run = facts["run"]
-    config = facts["model_config"]
-    n_train, n_val, n_test = facts["counts"]
-    command = (
-        "instructkit demo"
-        + (" --quick" if facts["quick"] else "")
-        + (f" --seed {facts['seed']}" if facts["seed"] else "")
-    )
-    lines = [
-        "# instructkit demo",
-        "",
-        "A GPT trained **from scratch** on the built-in instruction dataset, with nothing",
-        "downloaded: it shows the whole pipeline working (data, tokenizer, fine-tuning with",
-        "prompt masking and packing, batched greedy generation, scoring). It is not a general",
-        "instruction follower. To fine-tune a real GPT-2 where its weights can be downloaded:",
-        "",
-        f"    {REAL_GPT2_COMMAND}",
-        "",
-        "## What was run",
-        "",
-        (
-            f"- Command: `{command}` ({facts['elapsed_s']:.0f} s wall time on the CPU, "
-            f"{facts['cpu_s']:.0f} s CPU time in {torch_threads()} threads)"
-        ),
-        (
-            f"- Data: `data.json`, the built-in dataset (seed {facts['seed']}): {n_train} training, "
-            f"{n_val} validation and {n_test} scored test records over "
-            f"{len(trained.get('groups', {}))} task families; test items never occur in training"
-        ),
-        (
-            f"- Tokenizer: byte-level BPE with {facts['tokenizer_vocab']} tokens, trained on the "
-            "training split (`tokenizer/`)"
-        ),
-        (
-            f"- Model: `{plan.model}`, {facts['parameters']:,} parameters ({config.n_layers} layers, "
-            f"{config.n_heads} heads, width {config.emb_dim}, context {config.context_length}), "
-            f"{STYLE} prompts"
-        ),
-        (
-            f"- Fine-tuning: {run.steps} steps ({run.epochs:.1f} epochs, {run.tokens_seen:,} "
-            f"target tokens) of AdamW, lr {plan.lr:g} with {plan.warmup_steps} warmup steps and "
-            f"cosine decay, {plan.batch_size} packed rows of {plan.row_length} tokens per step, "
-            f"{PRECISION_TEXT[plan.precision]}, loss on the response tokens only; full settings "
-            "in `config.yaml`"
-        ),
-        (
-            f"- Loss: training {_fmt(run.initial_train_loss)} -> {_fmt(run.train_loss)}, "
-            f"validation {_fmt(run.initial_val_loss)} -> {_fmt(run.val_loss)}"
-        ),
-        (
-            f"- Generation: greedy, at most {facts['max_new_tokens']} new tokens, from the saved "
-            "`model/`"
-        ),
-        "- Wall time per stage: "
-        + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in facts["timings"].items()),
-        "",
-        "![loss](loss.png)",
-        "",
-        "## Scores on the held-out test split",
-        "",
-        "Exact match and ROUGE-L F1 after normalisation (case, punctuation, spaces), for the",
-        "fine-tuned model and for the same model before training.",
-        "",
-        "| family | n | exact match | untrained | ROUGE-L | untrained |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for family, n, em, em0, rl, rl0 in score_rows(trained, untrained):
-        name = f"**{family}**" if family == "overall" else family
-        lines.append(f"| {name} | {n} | {em:.2f} | {em0:.2f} | {rl:.2f} | {rl0:.2f} |")
-    lines += [
-        "",
-        "## Some responses",
-        "",
-        "| family | instruction | expected | fine-tuned | untrained |",
-        "|---|---|---|---|---|",
-    ]
-    shown: dict[str, int] = {}
-    for record, before in zip(trained_records, untrained_records, strict=True):
-        family = record["family"]
-        if shown.get(family, 0) >= EXAMPLES_IN_REPORT:
-            continue
-        shown[family] = shown.get(family, 0) + 1
-        prompt = record["instruction"] + (f" / {record['input']}" if record["input"] else "")
-        cells = [
-            family,
-            prompt,
-            record["output"],
-            record["model_response"],
-            before["model_response"],
-        ]
-        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
-    lines += [
-        "",
-        "## Files",
-        "",
-        "`data.json` (the records), `tokenizer/`, `config.yaml`, `metrics.jsonl`, `loss.png`,",
-        "`checkpoints/`, `model/` (Hugging Face GPT-2 layout: `instructkit chat --model RUN`),",
-        "`responses.json` and `untrained_responses.json`, `scores.json` (per-record scores; the",
-        "untrained model's under `untrained`).",
-        "",
-    ]
-    write_atomic(path, "\n".join(lines))
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def _cell(text: str, limit: int = 60) -> str:
-    """Text fit for one Markdown table cell: one line, pipes escaped, long text cut."""
-    text = " ".join(text.split())
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text.replace("|", "\\|") or "(empty)"
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

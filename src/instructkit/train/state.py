@@ -6,6 +6,9 @@ the Python and torch RNG states, the data position (epoch, and how many micro-ba
 of that epoch were consumed) and the loop's running counters. It is written into a
 hidden temporary directory and renamed into place, so a kill during a save leaves the
 previous checkpoint intact and never a half-written one under a `step-N` name.
+
+`open_epoch` is the other half of an exact resume: it replays the data order up to the
+checkpoint's position and restores the RNG where the interrupted run took it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ import torch
 
 from instructkit.errors import UserError
 from instructkit.files import fsync_directory
+from instructkit.train import distributed
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 TMP_PREFIX = ".tmp-"
@@ -113,6 +118,23 @@ def save_checkpoint(
     return final
 
 
+def save_run_checkpoint(
+    out: Path,
+    position: Position,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    keep: int,
+    info: distributed.Dist,
+) -> None:
+    """Rank 0 writes `out/checkpoints/step-N`; every rank waits for it."""
+    if info.is_main:
+        save_checkpoint(
+            out / "checkpoints", position, model, optimizer, scheduler, rng=rng_state(), keep=keep
+        )
+    distributed.barrier(info)
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     model: torch.nn.Module,
@@ -145,6 +167,26 @@ def load_checkpoint(
     return position, trainer["rng"]
 
 
+def open_epoch(loader, position: Position, rng: dict | None) -> Iterator:
+    """An iterator over the rest of `position.epoch`'s batches, in the seeded order.
+
+    Creating a DataLoader iterator draws from torch's global RNG, so a resumed run
+    restores the checkpoint's RNG state where the interrupted run had taken it: before
+    opening the epoch if the checkpoint fell on an epoch boundary, after it otherwise.
+    """
+    for owner in (loader.batch_sampler, loader.sampler):
+        if hasattr(owner, "set_epoch"):
+            owner.set_epoch(position.epoch)
+    if rng is not None and position.batch_index == 0:
+        set_rng_state(rng)
+    batches = iter(loader)
+    if rng is not None and position.batch_index > 0:
+        set_rng_state(rng)
+    for _ in range(position.batch_index):
+        next(batches)
+    return batches
+
+
 def _save(path: Path, obj: Any) -> None:
     with open(path, "wb") as handle:
         torch.save(obj, handle)
@@ -157,4 +199,3 @@ def _write_json(path: Path, obj: Any) -> None:
         json.dump(obj, handle, indent=2)
         handle.flush()
         os.fsync(handle.fileno())
-

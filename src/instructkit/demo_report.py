@@ -1,0 +1,231 @@
+"""report.md and the terminal summary of `instructkit demo`: what was run, on what, with
+which numbers, the trained model's scores beside the untrained one's.
+
+`facts` is the demo's record of its run (plan, counts, model config, `RunResult`, timings);
+the scores are `compute_metrics` documents.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from instructkit.demo import REAL_GPT2_COMMAND, STYLE, DemoPlan
+from instructkit.files import write_atomic
+
+EXAMPLES_IN_REPORT = 1  # responses shown per family
+PRECISION_TEXT = {
+    "fp32": "fp32",
+    "bf16": "bf16 autocast (this CPU multiplies bf16 natively; elsewhere the demo runs fp32 "
+    "and fewer steps)",
+}
+
+
+def score_rows(trained: dict, untrained: dict) -> list[tuple[str, int, float, float, float, float]]:
+    """(family, n, exact trained, exact untrained, ROUGE-L trained, ROUGE-L untrained) rows,
+    the families first, the overall row last."""
+    rows = []
+    for family, group in trained.get("groups", {}).items():
+        other = untrained["groups"][family]
+        rows.append(
+            (
+                family,
+                group["n"],
+                group["exact_match"],
+                other["exact_match"],
+                group["rouge_l"],
+                other["rouge_l"],
+            )
+        )
+    rows.append(
+        (
+            "overall",
+            trained["n"],
+            trained["exact_match"],
+            untrained["exact_match"],
+            trained["rouge_l"],
+            untrained["rouge_l"],
+        )
+    )
+    return rows
+
+
+def summary_text(out_dir: Path, trained: dict, untrained: dict, facts: dict) -> str:
+    """The few lines printed at the end of `instructkit demo`."""
+    rows = score_rows(trained, untrained)
+    width = max(len(row[0]) for row in rows)
+    lines = [
+        "",
+        f"Held-out test split ({trained['n']} records), trained vs untrained model:",
+        f"  {'family':<{width}}  {'n':>4}  {'exact match':>19}  {'ROUGE-L':>17}",
+    ]
+    for family, n, em, em0, rl, rl0 in rows:
+        lines.append(
+            f"  {family:<{width}}  {n:>4}  {em:>8.2f} (was {em0:.2f})  {rl:>6.2f} (was {rl0:.2f})"
+        )
+    lines += [
+        "",
+        (
+            f"This {facts['parameters'] / 1e6:.1f}M-parameter GPT was trained from scratch, in "
+            f"{facts['elapsed_s'] / 60:.1f} minutes on the CPU, on the built-in toy tasks only:"
+        ),
+        "it shows the pipeline working, it is not a general instruction follower.",
+        "To fine-tune a real GPT-2 where its weights can be downloaded:",
+        f"  {REAL_GPT2_COMMAND}",
+        "",
+        f"Run directory: {out_dir}   (try it: instructkit chat --model {out_dir})",
+        (
+            "  report.md (read this first), scores.json, responses.json, loss.png, model/, "
+            "config.yaml"
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def write_report(
+    path: Path,
+    facts: dict,
+    trained: dict,
+    untrained: dict,
+    trained_records: list[dict],
+    untrained_records: list[dict],
+) -> None:
+    """report.md: what was run, on what, with which numbers."""
+    lines = [
+        "# instructkit demo",
+        "",
+        "A GPT trained **from scratch** on the built-in instruction dataset, with nothing",
+        "downloaded: it shows the whole pipeline working (data, tokenizer, fine-tuning with",
+        "prompt masking and packing, batched greedy generation, scoring). It is not a general",
+        "instruction follower. To fine-tune a real GPT-2 where its weights can be downloaded:",
+        "",
+        f"    {REAL_GPT2_COMMAND}",
+        "",
+        "## What was run",
+        "",
+        *what_was_run(facts, len(trained.get("groups", {}))),
+        "",
+        "![loss](loss.png)",
+        "",
+        "## Scores on the held-out test split",
+        "",
+        "Exact match and ROUGE-L F1 after normalisation (case, punctuation, spaces), for the",
+        "fine-tuned model and for the same model before training.",
+        "",
+        *score_table(trained, untrained),
+        "",
+        "## Some responses",
+        "",
+        *example_table(trained_records, untrained_records),
+        "",
+        "## Files",
+        "",
+        "`data.json` (the records), `tokenizer/`, `config.yaml`, `metrics.jsonl`, `loss.png`,",
+        "`checkpoints/`, `model/` (Hugging Face GPT-2 layout: `instructkit chat --model RUN`),",
+        "`responses.json` and `untrained_responses.json`, `scores.json` (per-record scores; the",
+        "untrained model's under `untrained`).",
+        "",
+    ]
+    write_atomic(path, "\n".join(lines))
+
+
+def what_was_run(facts: dict, num_families: int) -> list[str]:
+    """The report's bullet list: command, data, tokenizer, model, training, timings."""
+    plan: DemoPlan = facts["plan"]
+    run = facts["run"]
+    config = facts["model_config"]
+    n_train, n_val, n_test = facts["counts"]
+    command = (
+        "instructkit demo"
+        + (" --quick" if facts["quick"] else "")
+        + (f" --seed {facts['seed']}" if facts["seed"] else "")
+    )
+    return [
+        (
+            f"- Command: `{command}` ({facts['elapsed_s']:.0f} s wall time on the CPU, "
+            f"{facts['cpu_s']:.0f} s CPU time in {torch_threads()} threads)"
+        ),
+        (
+            f"- Data: `data.json`, the built-in dataset (seed {facts['seed']}): {n_train} training, "
+            f"{n_val} validation and {n_test} scored test records over "
+            f"{num_families} task families; test items never occur in training"
+        ),
+        (
+            f"- Tokenizer: byte-level BPE with {facts['tokenizer_vocab']} tokens, trained on the "
+            "training split (`tokenizer/`)"
+        ),
+        (
+            f"- Model: `{plan.model}`, {facts['parameters']:,} parameters ({config.n_layers} layers, "
+            f"{config.n_heads} heads, width {config.emb_dim}, context {config.context_length}), "
+            f"{STYLE} prompts"
+        ),
+        (
+            f"- Fine-tuning: {run.steps} steps ({run.epochs:.1f} epochs, {run.tokens_seen:,} "
+            f"target tokens) of AdamW, lr {plan.lr:g} with {plan.warmup_steps} warmup steps and "
+            f"cosine decay, {plan.batch_size} packed rows of {plan.row_length} tokens per step, "
+            f"{PRECISION_TEXT[plan.precision]}, loss on the response tokens only; full settings "
+            "in `config.yaml`"
+        ),
+        (
+            f"- Loss: training {_fmt(run.initial_train_loss)} -> {_fmt(run.train_loss)}, "
+            f"validation {_fmt(run.initial_val_loss)} -> {_fmt(run.val_loss)}"
+        ),
+        (
+            f"- Generation: greedy, at most {facts['max_new_tokens']} new tokens, from the saved "
+            "`model/`"
+        ),
+        "- Wall time per stage: "
+        + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in facts["timings"].items()),
+    ]
+
+
+def score_table(trained: dict, untrained: dict) -> list[str]:
+    lines = [
+        "| family | n | exact match | untrained | ROUGE-L | untrained |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for family, n, em, em0, rl, rl0 in score_rows(trained, untrained):
+        name = f"**{family}**" if family == "overall" else family
+        lines.append(f"| {name} | {n} | {em:.2f} | {em0:.2f} | {rl:.2f} | {rl0:.2f} |")
+    return lines
+
+
+def example_table(trained_records: list[dict], untrained_records: list[dict]) -> list[str]:
+    """The first `EXAMPLES_IN_REPORT` test records of each family, answered before and after."""
+    lines = [
+        "| family | instruction | expected | fine-tuned | untrained |",
+        "|---|---|---|---|---|",
+    ]
+    shown: dict[str, int] = {}
+    for record, before in zip(trained_records, untrained_records, strict=True):
+        family = record["family"]
+        if shown.get(family, 0) >= EXAMPLES_IN_REPORT:
+            continue
+        shown[family] = shown.get(family, 0) + 1
+        prompt = record["instruction"] + (f" / {record['input']}" if record["input"] else "")
+        cells = [
+            family,
+            prompt,
+            record["output"],
+            record["model_response"],
+            before["model_response"],
+        ]
+        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    return lines
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _cell(text: str, limit: int = 60) -> str:
+    """Text fit for one Markdown table cell: one line, pipes escaped, long text cut."""
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("|", "\\|") or "(empty)"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,98 @@
+"""The run directory's rules: a fresh run needs an empty one, `--resume` one this config
+started, `--overwrite` replaces only the files instructkit writes there.
+
+Checked on every rank before anything is written, and the run dir is claimed (config.yaml
+written, old artifacts removed) only once setup has worked, so a failed setup leaves
+nothing that a second try would refuse.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import fields
+from pathlib import Path
+
+from instructkit.config import FinetuneConfig, load_config, save_config
+from instructkit.errors import UserError
+from instructkit.train.state import latest_checkpoint
+
+RUN_ARTIFACTS = (
+    "config.yaml",
+    "metrics.jsonl",
+    "loss.png",
+    "checkpoints",
+    "model",
+    "adapter.safetensors",
+    "responses.json",
+    "scores.json",
+    "report.md",
+)
+# Settings a resumed run may change without breaking the exact continuation of the data
+# order, the model and the optimizer (epochs/max_steps extend or shorten the run; the run
+# dir may have moved).
+RESUME_MAY_CHANGE = {
+    "out",
+    "epochs",
+    "max_steps",
+    "eval_every",
+    "eval_batches",
+    "log_every",
+    "save_every",
+    "keep_checkpoints",
+    "num_workers",
+    "device",
+    "compile",
+}
+
+
+def check_run_dir(config: FinetuneConfig, resume: bool, overwrite: bool) -> Path | None:
+    """Check the run dir against resume/overwrite; return the checkpoint to resume from."""
+    out = Path(config.out)
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one of them")
+    if resume:
+        saved = out / "config.yaml"
+        if not saved.is_file():
+            raise UserError(f"{out}: nothing to resume (no config.yaml in the run directory)")
+        check_resume_config(config, saved)
+        return latest_checkpoint(out / "checkpoints")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(
+            f"{out}: run directory is not empty; pass --resume to continue that run "
+            "or --overwrite to replace it"
+        )
+    return None
+
+
+def check_resume_config(config: FinetuneConfig, saved_path: Path) -> None:
+    saved = load_config(saved_path)
+    problems = [
+        f"{field.name}: this run was started with {saved.get(field.name)!r}, now {getattr(config, field.name)!r}"
+        for field in fields(FinetuneConfig)
+        if field.name not in RESUME_MAY_CHANGE
+        and field.name in saved
+        and saved[field.name] != getattr(config, field.name)
+    ]
+    if problems:
+        raise UserError(
+            [f"{saved_path}: cannot resume with a different setting ({p})" for p in problems]
+        )
+
+
+def claim_run_dir(config: FinetuneConfig, overwrite: bool) -> None:
+    """Make the run dir this run's: remove the old artifacts (with `overwrite`), save the config."""
+    out = Path(config.out)
+    if overwrite:
+        remove_run_artifacts(out)
+    save_config(config, out / "config.yaml")
+
+
+def remove_run_artifacts(out: Path) -> None:
+    for name in RUN_ARTIFACTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
