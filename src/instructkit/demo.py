@@ -127,7 +127,8 @@ def run_demo(
     from instructkit.data.builtin import write_builtin
     from instructkit.evaluate import compute_metrics, evaluate_responses
     from instructkit.model import load_pretrained
-    from instructkit.responses import generate_responses, load_for_generation
+    from instructkit.model.loading import load_for_generation
+    from instructkit.responses import generate_responses
     from instructkit.tokenizer import train_tokenizer
     from instructkit.train import finetune
 
