@@ -53,11 +53,8 @@ def default_out(model: str) -> Path:
     from instructkit.model.checkpoints import model_directory
 
     run_dir = Path(model)
-    return (
-        run_dir / "responses.json"
-        if model_directory(run_dir) != run_dir
-        else Path("responses.json")
-    )
+    is_run = model_directory(run_dir) != run_dir  # a run keeps its weights in RUN/model
+    return run_dir / "responses.json" if is_run else Path("responses.json")
 
 
 def training_split(model: str) -> tuple[str, int]:
