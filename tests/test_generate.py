@@ -159,6 +159,7 @@ def test_stop_ids_end_a_row_like_eos_and_config_equals_keywords():
     config = GenerationConfig(max_new_tokens=30, stop_ids=(stop,))
     assert generate_batch(model, batch, config=config) == expected
     assert list(stream(model, batch[1], config=config)) == expected[1]
+    assert generate_batch(model, batch, 30, eos_id=[stop]) == expected  # a list of end ids
     options = {"temperature": 1.0, "top_k": 50, "top_p": 0.95, "seed": 7}
     idx = torch.tensor(prompts([4, 4]))
     assert torch.equal(

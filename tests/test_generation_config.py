@@ -10,7 +10,7 @@ import math
 import pytest
 
 from instructkit.cli import build_parser, main
-from instructkit.commands import config_values
+from instructkit.commands.flags import generation_config
 from instructkit.config import GenerationConfig
 from instructkit.errors import UserError
 
@@ -86,6 +86,6 @@ def test_generate_chat_and_serve_share_the_sampling_flags():
 def test_none_and_given_values_parse_into_the_config():
     parser = build_parser()
     args = parser.parse_args(["chat", "--model", "m", "--top-k", "5", "--seed", "none"])
-    values = config_values(args, GenerationConfig)
-    assert values == {"top_k": 5, "seed": None}
-    assert GenerationConfig(**values) == dataclasses.replace(GenerationConfig(), top_k=5)
+    assert generation_config(args) == dataclasses.replace(GenerationConfig(), top_k=5, seed=None)
+    args = parser.parse_args(["generate", "--model", "m", "--prompt", "x", "--seed", "3"])
+    assert generation_config(args) == GenerationConfig(seed=3)

@@ -34,7 +34,7 @@ def generate(
     temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     seed: int | None = None,
     *,
     config: GenerationConfig | None = None,
@@ -68,7 +68,7 @@ def generate_batch(
     temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     seed: int | None = None,
     batch_size: int | None = None,
     *,
@@ -105,7 +105,7 @@ def stream(
     temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     seed: int | None = None,
     *,
     config: GenerationConfig | None = None,
@@ -127,11 +127,17 @@ def resolve_config(
     temperature: float | None,
     top_k: int | None,
     top_p: float | None,
-    eos_id: int | None,
+    eos_id: int | Sequence[int] | None,
     seed: int | None,
-    **more: int | None,
+    **more: int | tuple[int, ...] | None,
 ) -> GenerationConfig:
-    """`config` (else the defaults) with the book's keywords that were given (not None)."""
+    """`config` (else the defaults) with the book's keywords that were given (not None).
+
+    `eos_id` may list several end ids (Llama 3 ends a turn with <|eot_id|> and a text with
+    <|end_of_text|>): the first is the eos, the rest become `stop_ids`.
+    """
+    if isinstance(eos_id, Sequence):
+        eos_id, more["stop_ids"] = (eos_id[0], tuple(eos_id[1:])) if eos_id else (None, ())
     given = {
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
@@ -163,7 +169,7 @@ def decode(
     max_new_tokens = config.max_new_tokens
     context_length = model.config.context_length
     window = min(context_size or context_length, context_length)
-    device = model.wte.weight.device
+    device = model.lm_head.weight.device
     tokens, valid = left_pad(prompts, window, device)  # (B, W), (B, W)
     width = tokens.shape[1]
     padded = not bool(valid.all())
