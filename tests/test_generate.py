@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from instructkit.config import GenerationConfig
 from instructkit.errors import UserError
 from instructkit.generate import generate, generate_batch, sample, stream
 from instructkit.model import GPTConfig, GPTModel
@@ -147,3 +148,23 @@ def test_bad_options_and_prompts_are_user_errors():
         generate_batch(model, [[1], []], 5)
     assert generate(model, torch.tensor([[1, 2]]), 0).tolist() == [[1, 2]]
     assert generate_batch(model, [], 5) == []
+
+
+def test_stop_ids_end_a_row_like_eos_and_config_equals_keywords():
+    model = tiny_model()
+    batch = prompts([5, 8, 6])
+    free = generate_batch(model, batch, 30)
+    stop = free[1][4]
+    expected = [row[: row.index(stop)] if stop in row else row for row in free]
+    config = GenerationConfig(max_new_tokens=30, stop_ids=(stop,))
+    assert generate_batch(model, batch, config=config) == expected
+    assert list(stream(model, batch[1], config=config)) == expected[1]
+    assert generate_batch(model, batch, 30, eos_id=[stop]) == expected  # a list of end ids
+    options = {"temperature": 1.0, "top_k": 50, "top_p": 0.95, "seed": 7}
+    idx = torch.tensor(prompts([4, 4]))
+    assert torch.equal(
+        generate(model, idx, 30, **options),
+        generate(model, idx, config=GenerationConfig(max_new_tokens=30, **options)),
+    )
+    # keywords beside a config override its fields
+    assert generate_batch(model, batch, 3, config=config) == [row[:3] for row in expected]

@@ -13,13 +13,8 @@ from instructkit.data import get_style, split_shuffled
 from instructkit.errors import DataError, UserError
 from instructkit.model import GPTConfig, GPTModel
 from instructkit.model.checkpoints import save_pretrained
-from instructkit.responses import (
-    RESPONSE_KEY,
-    generate_responses,
-    load_for_generation,
-    load_responses,
-    resolve_style,
-)
+from instructkit.model.loading import load_for_generation, resolve_style
+from instructkit.responses import RESPONSE_KEY, generate_responses, load_responses
 from instructkit.tokenizer import train_tokenizer
 
 RECORDS = [

@@ -19,6 +19,7 @@ from fake_servers import free_socket, serve_in_thread
 
 import instructkit.generate as generation
 from instructkit.cli import main
+from instructkit.config import GenerationConfig
 from instructkit.data import get_style
 from instructkit.evaluate.judge import judge_prompt
 from instructkit.model import GPTConfig, GPTModel
@@ -142,6 +143,26 @@ def test_max_tokens_cuts_the_reply(oai, engine):
     reply = oai.chat.completions.create(model="x", messages=QUESTION, max_tokens=3)
     assert reply.choices[0].message.content == short
     assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 3
+
+
+def test_server_defaults_fill_what_a_request_leaves_out(engine):
+    """`serve --max-new-tokens 3 --temperature ...` become the defaults; a request's own win."""
+    from instructkit.serve import ollama as ollama_routes
+    from instructkit.serve import openai as openai_routes
+
+    short = Engine(
+        engine.model, engine.tokenizer, engine.style, "x", GenerationConfig(max_new_tokens=3)
+    )
+    assert short.chat(QUESTION, SamplingParams()).run() == (
+        engine.chat(QUESTION, SamplingParams(max_tokens=3)).run()
+    )
+    defaults = GenerationConfig(temperature=0.7, top_k=5, seed=1)
+    sampled = Engine(engine.model, engine.tokenizer, engine.style, "x", defaults)
+    config = openai_routes.sampling({"temperature": 0}, sampled).config
+    assert (config.temperature, config.top_k, config.seed) == (0.0, 5, 1)
+    config = ollama_routes.sampling({"options": {"top_k": 0, "seed": 3}}, sampled).config
+    assert (config.temperature, config.top_k, config.seed) == (0.7, None, 3)
+    assert config.eos_id == engine.tokenizer.eos_id
 
 
 def test_sse_wire_format(url):

@@ -6,12 +6,14 @@ the batching and the optimisation. Its defaults are the book's chapter 7 choices
 85/10/5 split, no warmup, constant learning rate, no gradient clipping). Every value
 is checked in `__post_init__`, so a bad YAML file or flag fails before any work starts,
 with all its problems listed at once. The resolved config is saved as
-`runs/NAME/config.yaml`.
+`runs/NAME/config.yaml`. `GenerationConfig` does the same for generating responses
+(`generate`, `chat`, `serve` and `instructkit.generate`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -257,3 +259,65 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 def save_config(config: FinetuneConfig, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
     write_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How responses are generated: one config for `generate`, `chat`, `serve` and the library.
+
+    Field docstrings double as the --help of those commands' flags. The defaults are the
+    book's greedy decoding (temperature 0, no top-k/top-p), so a seed only matters once
+    sampling is switched on; without one, sampled responses differ from run to run, as in
+    other servers. Frozen, so a server's defaults can be shared by concurrent requests.
+    """
+
+    max_new_tokens: int = 256
+    """Most new tokens per response (a server request's max_tokens or num_predict replaces it)."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 is greedy decoding, as in the book."""
+    top_k: int | None = None
+    """Sample only from the k likeliest tokens (none: from all)."""
+    top_p: float | None = None
+    """Nucleus sampling: only from the likeliest tokens whose probabilities add up to p (none: from all)."""
+    seed: int | None = None
+    """Seed for sampling, which makes sampled responses repeatable (none: different each run)."""
+    batch_size: int = 8
+    """Prompts generated at once."""
+    eos_id: int | None = None
+    """The token that ends a response (the tokenizer's end of text); not part of the response."""
+    stop_ids: tuple[int, ...] = ()
+    """Further tokens that end a response, e.g. a chat template's end-of-turn token."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not math.isfinite(self.temperature):
+            problems.append(f"temperature must be a finite number, got {self.temperature}")
+        elif self.temperature < 0:
+            problems.append(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            problems.append(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            problems.append(
+                f"seed must be from {SEED_RANGE[0]} to {SEED_RANGE[1]}, got {self.seed}"
+            )
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be at least 1, got {self.batch_size}")
+        ids = [] if self.eos_id is None else [self.eos_id]
+        if any(token < 0 for token in [*ids, *self.stop_ids]):
+            problems.append(
+                f"token ids must be >= 0, got eos_id {self.eos_id}, stop_ids {self.stop_ids}"
+            )
+        if problems:
+            raise UserError([f"generation: {problem}" for problem in problems])
+
+    @property
+    def end_ids(self) -> tuple[int, ...]:
+        """Every token that ends a response."""
+        return (*([] if self.eos_id is None else [self.eos_id]), *self.stop_ids)

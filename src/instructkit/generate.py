@@ -2,21 +2,24 @@
 
 `generate(model, idx, max_new_tokens, context_size, temperature, top_k, eos_id)` keeps the
 book's meaning (greedy at temperature 0, returns prompt + new tokens, stops at `eos_id`) and
-adds top-p and a seed. Each new token costs one position instead of re-reading the whole
-context: keys and values of earlier positions stay in a `KVCache`. Prompts of different
-lengths run as one batch, left-padded (padding is segment 0, so no real token attends to
-it, with position ids that start at each row's first real token); rows that reach `eos_id`
-leave the batch. Beyond the context window the book crops to the last `context_size`
-tokens, which shifts every position, so cached keys no longer apply: from then on each step
-recomputes the window, exactly as the book's loop does.
+adds top-p and a seed. Every entry point also takes `config=GenerationConfig(...)`; keywords
+given beside it override its fields. Each new token costs one position instead of re-reading
+the whole context: keys and values of earlier positions stay in a `KVCache`. Prompts of
+different lengths run as one batch, left-padded (padding is segment 0, so no real token
+attends to it, with position ids that start at each row's first real token); rows that end
+(`eos_id` or one of `stop_ids`) leave the batch. Beyond the context window the book crops to
+the last `context_size` tokens, which shifts every position, so cached keys no longer apply:
+from then on each step recomputes the window, exactly as the book's loop does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 
 import torch
 
+from instructkit.config import GenerationConfig
 from instructkit.errors import UserError
 from instructkit.model.gpt import GPTModel
 
@@ -26,28 +29,32 @@ PAD_ID = 0  # any id works: padding is masked out of attention
 def generate(
     model: GPTModel,
     idx: torch.Tensor,
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
     context_size: int | None = None,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     seed: int | None = None,
+    *,
+    config: GenerationConfig | None = None,
 ) -> torch.Tensor:
     """Prompt `idx` (B, T) followed by the new tokens, as the book's `generate` returns.
 
-    A row that produced `eos_id` stops (eos not included, as in the book) and is filled with
+    A row that produced an end token stops (not included, as in the book) and is filled with
     `eos_id` while other rows continue; the result ends with the longest row.
     """
+    if max_new_tokens == 0:
+        return idx  # the book's loop runs zero times
+    config = resolve_config(config, max_new_tokens, temperature, top_k, top_p, eos_id, seed)
     new: list[list[int]] = [[] for _ in range(idx.shape[0])]
-    for rows, tokens in decode(
-        model, idx, max_new_tokens, context_size, temperature, top_k, top_p, eos_id, seed
-    ):
+    for rows, tokens in decode(model, idx, config, context_size):
         for row, token in zip(rows.tolist(), tokens.tolist()):
-            if token != eos_id:
+            if token not in config.end_ids:
                 new[row].append(token)
     width = max((len(tokens) for tokens in new), default=0)
-    out = torch.full((idx.shape[0], width), eos_id if eos_id is not None else PAD_ID)  # (B, N)
+    fill = PAD_ID if config.eos_id is None else config.eos_id
+    out = torch.full((idx.shape[0], width), fill)  # (B, N)
     for row, tokens in enumerate(new):
         out[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
     return torch.cat([idx, out.to(idx.device, idx.dtype)], dim=1)  # (B, T + N)
@@ -56,39 +63,36 @@ def generate(
 def generate_batch(
     model: GPTModel,
     prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
     context_size: int | None = None,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     seed: int | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
+    *,
+    config: GenerationConfig | None = None,
 ) -> list[list[int]]:
-    """New tokens (eos stripped) for each prompt, in order.
+    """New tokens (end tokens stripped) for each prompt, in order.
 
     Prompts run `batch_size` at a time, grouped by length so that little is padding; the
     cache of a batch holds batch_size x (longest prompt + max_new_tokens) positions.
     """
-    if batch_size < 1:
-        raise UserError(f"generation: batch_size must be at least 1, got {batch_size}")
+    if max_new_tokens == 0:
+        return [[] for _ in prompts]
+    config = resolve_config(
+        config, max_new_tokens, temperature, top_k, top_p, eos_id, seed, batch_size=batch_size
+    )
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[int]] = [[] for _ in prompts]
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        for rows, tokens in decode(
-            model,
-            [prompts[i] for i in chunk],
-            max_new_tokens,
-            context_size,
-            temperature,
-            top_k,
-            top_p,
-            eos_id,
-            None if seed is None else seed + start,
-        ):
+    for start in range(0, len(order), config.batch_size):
+        chunk = order[start : start + config.batch_size]
+        seed = None if config.seed is None else config.seed + start
+        seeded = dataclasses.replace(config, seed=seed)
+        for rows, tokens in decode(model, [prompts[i] for i in chunk], seeded, context_size):
             for row, token in zip(rows.tolist(), tokens.tolist()):
-                if token != eos_id:
+                if token not in seeded.end_ids:
                     results[chunk[row]].append(token)
     return results
 
@@ -96,48 +100,76 @@ def generate_batch(
 def stream(
     model: GPTModel,
     prompt_ids: Sequence[int],
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
     context_size: int | None = None,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     seed: int | None = None,
+    *,
+    config: GenerationConfig | None = None,
 ) -> Iterator[int]:
-    """Each new token as soon as it exists; ends before `eos_id` or after max_new_tokens."""
-    for _, tokens in decode(
-        model, [prompt_ids], max_new_tokens, context_size, temperature, top_k, top_p, eos_id, seed
-    ):
+    """Each new token as soon as it exists; ends before an end token or after max_new_tokens."""
+    if max_new_tokens == 0:
+        return
+    config = resolve_config(config, max_new_tokens, temperature, top_k, top_p, eos_id, seed)
+    for _, tokens in decode(model, [prompt_ids], config, context_size):
         token = int(tokens[0])
-        if token == eos_id:
+        if token in config.end_ids:
             return
         yield token
+
+
+def resolve_config(
+    config: GenerationConfig | None,
+    max_new_tokens: int | None,
+    temperature: float | None,
+    top_k: int | None,
+    top_p: float | None,
+    eos_id: int | Sequence[int] | None,
+    seed: int | None,
+    **more: int | tuple[int, ...] | None,
+) -> GenerationConfig:
+    """`config` (else the defaults) with the book's keywords that were given (not None).
+
+    `eos_id` may list several end ids (Llama 3 ends a turn with <|eot_id|> and a text with
+    <|end_of_text|>): the first is the eos, the rest become `stop_ids`.
+    """
+    if isinstance(eos_id, Sequence):
+        eos_id, more["stop_ids"] = (eos_id[0], tuple(eos_id[1:])) if eos_id else (None, ())
+    given = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "eos_id": eos_id,
+        "seed": seed,
+        **more,
+    }
+    given = {name: value for name, value in given.items() if value is not None}
+    return dataclasses.replace(config or GenerationConfig(), **given)
 
 
 @torch.no_grad()  # as a decorator it applies per step, not to the caller between steps
 def decode(
     model: GPTModel,
     prompts: torch.Tensor | Sequence[Sequence[int]],
-    max_new_tokens: int,
+    config: GenerationConfig,
     context_size: int | None = None,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_id: int | None = None,
-    seed: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The decoding loop all entry points share.
+    """The decoding loop all entry points share (`config.batch_size` is the caller's job).
 
     Yields once per step `(rows, tokens)`: the index (into `prompts`) of every row still
-    running and the token it just produced. A row whose token is `eos_id` is yielded with
-    it, then leaves the batch. The model runs in eval mode and without autograd.
+    running and the token it just produced. A row whose token ends it (`config.end_ids`) is
+    yielded with it, then leaves the batch. The model runs in eval mode and without autograd.
     """
-    check_options(max_new_tokens, temperature, top_k, top_p)
-    if max_new_tokens == 0 or len(prompts) == 0:
+    if len(prompts) == 0:
         return
-    config = model.config
-    window = min(context_size or config.context_length, config.context_length)
-    device = model.wte.weight.device
+    max_new_tokens = config.max_new_tokens
+    context_length = model.config.context_length
+    window = min(context_size or context_length, context_length)
+    device = model.lm_head.weight.device
     tokens, valid = left_pad(prompts, window, device)  # (B, W), (B, W)
     width = tokens.shape[1]
     padded = not bool(valid.all())
@@ -146,7 +178,10 @@ def decode(
     valid = torch.cat([valid, valid.new_ones((len(valid), max_new_tokens))], dim=1)
     lengths = valid[:, :width].sum(dim=1)  # (B,) real tokens per row
     rows = torch.arange(len(tokens), device=device)  # (B,) index into prompts
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    generator = None
+    if config.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+    end_ids = torch.tensor(config.end_ids, dtype=torch.long, device=device)  # (E,)
     was_training = model.training
     model.eval()
     try:
@@ -161,13 +196,15 @@ def decode(
                     model, tokens[:, end - window : end], valid[:, end - window : end]
                 )
             logits = model.lm_head(hidden).float()  # (B, V)
-            next_tokens = sample(logits, temperature, top_k, top_p, generator)  # (B,)
+            next_tokens = sample(
+                logits, config.temperature, config.top_k, config.top_p, generator
+            )  # (B,)
             yield rows, next_tokens
             tokens[:, end] = next_tokens
             lengths += 1
             end += 1
-            if eos_id is not None:
-                running = (next_tokens != eos_id).nonzero().squeeze(1)  # (B',)
+            if len(end_ids):
+                running = (~torch.isin(next_tokens, end_ids)).nonzero().squeeze(1)  # (B',)
                 if len(running) == 0:
                     return
                 if len(running) < len(rows):
@@ -235,22 +272,6 @@ def left_pad(
         ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
         valid[row, width - len(prompt) :] = True
     return ids.to(device), valid.to(device)
-
-
-def check_options(
-    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None
-) -> None:
-    problems = []
-    if max_new_tokens < 0:
-        problems.append(f"generation: max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature is not None and temperature < 0:
-        problems.append(f"generation: temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        problems.append(f"generation: top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        problems.append(f"generation: top_p must be in (0, 1], got {top_p}")
-    if problems:
-        raise UserError(problems)
 
 
 def sample(

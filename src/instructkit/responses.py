@@ -7,25 +7,22 @@ records with `model_response` added: the format of the book's
 `instruction-data-with-response.json`. Progress is saved after every batch to
 `OUT.partial`, together with the settings that produced it, so an interrupted run
 resumes without redoing finished records; the final file is written atomically and the
-progress file removed.
-
-`load_for_generation` resolves a model spec to (model, tokenizer, prompt style); the
-style comes from `--style`, else from the model directory's `instructkit.json`, else
-the book's alpaca format. The server (`instructkit.serve`) loads its model the same way.
+progress file removed. Loading the model is `instructkit.model.loading`'s job.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from instructkit.errors import DataError, ModelError, UserError
+from instructkit.config import GenerationConfig
+from instructkit.errors import DataError
 from instructkit.files import write_json
 
 RESPONSE_KEY = "model_response"
-DEFAULT_STYLE = "alpaca"
 
 
 def load_responses(path: str | Path, response_key: str = RESPONSE_KEY) -> list[dict]:
@@ -42,62 +39,6 @@ def load_responses(path: str | Path, response_key: str = RESPONSE_KEY) -> list[d
     if problems:
         raise DataError(problems)
     return records
-
-
-def model_directory(spec: str) -> Path | None:
-    """The directory holding a model's files for a run dir or HF dir spec, else None."""
-    path = Path(spec)
-    if (path / "model").is_dir():
-        return path / "model"
-    return path if path.is_dir() else None
-
-
-def resolve_style(spec: str, style: str | None = None):
-    """The prompt style: explicit, else saved with the model, else the book's alpaca."""
-    from instructkit.data import STYLE_NAMES, get_style
-
-    if style is None:
-        directory = model_directory(spec)
-        if directory is not None:
-            from instructkit.model import read_metadata
-
-            style = read_metadata(directory).get("style")
-    style = style or DEFAULT_STYLE
-    if style not in STYLE_NAMES:
-        raise UserError(f"unknown prompt style {style!r}; choose one of {', '.join(STYLE_NAMES)}")
-    return get_style(style)
-
-
-def pick_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for, but no CUDA device is available")
-    return device
-
-
-def load_for_generation(
-    spec: str, style: str | None = None, tokenizer: str | None = None, device: str = "auto"
-):
-    """(model in eval mode on `device`, tokenizer, prompt style) for a model spec."""
-    from instructkit.model import load_pretrained
-    from instructkit.tokenizer import load_tokenizer
-
-    prompt_style = resolve_style(spec, style)
-    explicit = load_tokenizer(tokenizer) if tokenizer else None
-    model, loaded = load_pretrained(spec, tokenizer=explicit)
-    tok = explicit or loaded
-    if tok is None:
-        tok = load_tokenizer("gpt2")
-    if tok.vocab_size > model.config.vocab_size:
-        raise ModelError(
-            f"the tokenizer has {tok.vocab_size} tokens but the model {spec} only "
-            f"{model.config.vocab_size}; pass the model's own tokenizer with --tokenizer"
-        )
-    model.to(pick_device(device)).eval()
-    return model, tok, prompt_style
 
 
 def extract_response(style, prompt: str, generated: str) -> str:
@@ -132,35 +73,36 @@ def generate_responses(
     style,
     records: list[dict],
     *,
+    config: GenerationConfig | None = None,
     out_path: str | Path | None = None,
-    batch_size: int = 8,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    seed: int | None = 123,
     model_spec: str = "",
     progress: bool = True,
+    **settings: Any,
 ) -> list[dict]:
-    """The records, each with `model_response`; saved (and resumed) at `out_path` when given."""
+    """The records, each with `model_response`; saved (and resumed) at `out_path` when given.
+
+    `settings` are `GenerationConfig` fields that override `config` (e.g. batch_size=32).
+    """
     from tqdm import tqdm
 
-    from instructkit.generate import generate_batch
+    # Looked up at call time, so tests can interrupt generation by patching the module.
+    import instructkit.generate as generation
 
-    if batch_size < 1 or max_new_tokens < 1:
-        raise UserError("--batch-size and --max-new-tokens must be at least 1")
+    config = dataclasses.replace(config or GenerationConfig(), **settings)
     prompts = [style.prompt(record) for record in records]
     prompt_ids = [tokenizer.encode(prompt) for prompt in prompts]
-    settings = {
+    fingerprint = {
         "model": model_spec,
         "style": style.name,
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "top_k": top_k,
-        "seed": seed,
+        "max_new_tokens": config.max_new_tokens,
+        "temperature": config.temperature,
+        "top_k": config.top_k,
+        "top_p": config.top_p,
+        "seed": config.seed,
         "records": _fingerprint(records),
     }
     partial = Path(f"{out_path}.partial") if out_path else None
-    done = _load_progress(partial, settings) if partial else {}
+    done = _load_progress(partial, fingerprint) if partial else {}
     done = {i: text for i, text in done.items() if 0 <= i < len(records)}
     todo = sorted(
         (i for i in range(len(records)) if i not in done), key=lambda i: -len(prompt_ids[i])
@@ -175,23 +117,18 @@ def generate_responses(
         unit="record",
         disable=not progress,
     )
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
+    for start in range(0, len(todo), config.batch_size):
+        batch = todo[start : start + config.batch_size]
         # Prompts longer than the context are cropped to their last tokens, as the book does.
-        outputs = generate_batch(
+        outputs = generation.generate_batch(
             model,
             [prompt_ids[i] for i in batch],
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            eos_id=tokenizer.eos_id,
-            seed=seed,
-            batch_size=len(batch),
+            config=dataclasses.replace(config, batch_size=len(batch), eos_id=tokenizer.eos_id),
         )
         for i, new_ids in zip(batch, outputs, strict=True):
             done[i] = extract_response(style, prompts[i], tokenizer.decode(new_ids))
         if partial:
-            write_json(partial, {"settings": settings, "responses": done})
+            write_json(partial, {"settings": fingerprint, "responses": done})
         bar.update(len(batch))
     bar.close()
 
@@ -209,22 +146,13 @@ def respond(
     style,
     instruction: str,
     input_text: str = "",
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    seed: int | None = 123,
+    *,
+    config: GenerationConfig | None = None,
+    **settings: Any,
 ) -> str:
     """One response to one instruction (the `--prompt` path)."""
     record = {"instruction": instruction, "input": input_text, "output": ""}
-    return generate_responses(
-        model,
-        tokenizer,
-        style,
-        [record],
-        batch_size=1,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        seed=seed,
-        progress=False,
-    )[0][RESPONSE_KEY]
+    answered = generate_responses(
+        model, tokenizer, style, [record], config=config, progress=False, **settings
+    )
+    return answered[0][RESPONSE_KEY]

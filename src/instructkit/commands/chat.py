@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterable, Iterator
 
 from instructkit.commands import HelpFormatter, add_model_arguments
+from instructkit.commands.flags import add_generation_flags, generation_config
 
 EXIT_COMMANDS = ("/exit", "/quit")
 
@@ -29,24 +30,15 @@ def register(subparsers) -> None:
         formatter_class=HelpFormatter,
     )
     add_model_arguments(parser)
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens")
-    parser.add_argument(
-        "--temperature", type=float, default=0.0, help="0 is greedy decoding, as in the book"
-    )
-    parser.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
-    parser.add_argument("--seed", type=int, default=None, help="makes sampled replies repeatable")
+    add_generation_flags(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from instructkit.errors import UserError
-    from instructkit.generate import check_options, stream
-    from instructkit.responses import load_for_generation
+    from instructkit.generate import stream
+    from instructkit.model.loading import load_for_generation
 
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    check_options(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    config = generation_config(args)  # bad values fail before the model loads
     model, tokenizer, style = load_for_generation(
         args.model, args.style, args.tokenizer, args.device
     )
@@ -63,16 +55,7 @@ def run(args: argparse.Namespace) -> int:
         if not line.strip():
             continue
         prompt = style.prompt({"instruction": line.strip(), "input": ""})
-        tokens = stream(
-            model,
-            tokenizer.encode(prompt),
-            args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            eos_id=tokenizer.eos_id,
-            seed=args.seed,
-        )
+        tokens = stream(model, tokenizer.encode(prompt), eos_id=tokenizer.eos_id, config=config)
         try:
             for piece in reply_text(tokens, tokenizer, style.stop_strings):
                 print(piece, end="", flush=True)

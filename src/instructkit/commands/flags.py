@@ -2,8 +2,9 @@
 
 Every field becomes `--field-name`, typed from its annotation (`int | None` also takes
 "none"), with the field's docstring as help. A command that shares settings with another
-(`data inspect` with `finetune`) takes them from the same dataclass, so their help and
-defaults cannot drift apart.
+(`data inspect` with `finetune`; `generate`, `chat` and `serve` with each other, from
+`GenerationConfig`) takes them from the same dataclass, so their help and defaults cannot
+drift apart.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from instructkit.config import field_help
+from instructkit.config import GenerationConfig, field_help
+
+# The GenerationConfig fields every text-generating command offers (batch_size only where
+# many prompts run at once; eos and stop ids come from the tokenizer).
+SAMPLING_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
 
 
 def add_config_flags(
@@ -69,3 +74,16 @@ def value_parser(annotation: str):
 
     parse.__name__ = kinds[0]  # argparse names the type in "invalid int value" messages
     return parse
+
+
+def add_generation_flags(
+    parser: argparse.ArgumentParser, names: Sequence[str] = SAMPLING_FLAGS
+) -> None:
+    """`GenerationConfig` fields as flags; unset ones take the dataclass default."""
+    add_config_flags(parser, GenerationConfig, names, layered=True)
+
+
+def generation_config(args: argparse.Namespace) -> GenerationConfig:
+    """The GenerationConfig of the flags given, validated (UserError for bad values)."""
+    fields = dataclasses.fields(GenerationConfig)
+    return GenerationConfig(**{f.name: getattr(args, f.name) for f in fields if f.name in args})

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from instructkit.commands import HelpFormatter, add_model_arguments
+from instructkit.commands.flags import SAMPLING_FLAGS, add_generation_flags, generation_config
 from instructkit.config import SPLIT_METHODS, SPLIT_NAMES
 
 
@@ -42,24 +43,18 @@ def register(subparsers) -> None:
         "--out",
         help="responses file; when not given, RUN/responses.json for a run dir, else ./responses.json",
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="records generated at once")
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=256, help="longest response in tokens"
-    )
-    parser.add_argument(
-        "--temperature", type=float, default=0.0, help="0 is greedy decoding, as in the book"
-    )
-    parser.add_argument(
-        "--top-k", type=int, default=None, help="sample from the k likeliest tokens"
-    )
-    parser.add_argument("--seed", type=int, default=123, help="makes sampled responses repeatable")
+    add_generation_flags(parser, (*SAMPLING_FLAGS, "batch_size"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
 
 def default_out(model: str) -> Path:
+    """RUN/responses.json for a run directory, else ./responses.json."""
+    from instructkit.model.checkpoints import model_directory
+
     run_dir = Path(model)
-    return run_dir / "responses.json" if (run_dir / "model").is_dir() else Path("responses.json")
+    is_run = model_directory(run_dir) != run_dir  # a run keeps its weights in RUN/model
+    return run_dir / "responses.json" if is_run else Path("responses.json")
 
 
 def training_split(model: str) -> tuple[str, int]:
@@ -75,19 +70,15 @@ def training_split(model: str) -> tuple[str, int]:
 
 def run(args: argparse.Namespace) -> int:
     from instructkit.data import load_instructions, split_records
-    from instructkit.responses import generate_responses, load_for_generation, respond
+    from instructkit.model.loading import load_for_generation
+    from instructkit.responses import generate_responses, respond
 
+    config = generation_config(args)  # bad values fail before the model loads
     model, tokenizer, style = load_for_generation(
         args.model, args.style, args.tokenizer, args.device
     )
-    sampling = {
-        "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "seed": args.seed,
-    }
     if args.prompt is not None:
-        print(respond(model, tokenizer, style, args.prompt, args.input, **sampling))
+        print(respond(model, tokenizer, style, args.prompt, args.input, config=config))
         return 0
 
     records = load_instructions(args.data)
@@ -101,11 +92,10 @@ def run(args: argparse.Namespace) -> int:
         tokenizer,
         style,
         records,
+        config=config,
         out_path=out,
-        batch_size=args.batch_size,
         model_spec=args.model,
         progress=not args.quiet,
-        **sampling,
     )
     print(
         f"wrote {len(records)} responses ({args.split} split of {args.data}, style {style.name}) to {out}"

@@ -7,6 +7,7 @@ import os
 import sys
 
 from instructkit.commands import HelpFormatter, add_model_arguments
+from instructkit.commands.flags import add_generation_flags, generation_config
 
 
 def register(subparsers) -> None:
@@ -17,7 +18,8 @@ def register(subparsers) -> None:
             "Serve a model: OpenAI (/v1/models, /v1/chat/completions, /v1/completions) and\n"
             "Ollama (/api/tags, /api/chat, /api/generate) APIs, plus /health. Chat messages go\n"
             "through the model's prompt style: the last user message is the instruction, system\n"
-            "messages are the input. Replies are greedy unless a request sets a temperature.\n\n"
+            "messages are the input. The sampling flags are the defaults for requests that do\n"
+            "not set a value: replies are greedy unless --temperature or the request sets one.\n\n"
             "  instructkit serve --model runs/x\n"
             '  curl localhost:8000/v1/chat/completions -d \'{"messages":[{"role":"user","content":"Hi"}]}\''
         ),
@@ -35,9 +37,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--name", help="model name shown to clients; when not given, the run or model dir name"
     )
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=256, help="reply length when a request sets none"
-    )
+    add_generation_flags(parser)
     parser.add_argument(
         "--log-level",
         default="info",
@@ -54,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("INSTRUCTKIT_API_KEY") or None
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be from 0 to 65535, got {args.port}")
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    config = generation_config(args)
     sock = listen(args.host, args.port)  # a busy port fails before the model loads
     engine = load_engine(
         args.model,
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
         device=args.device,
         name=args.name,
-        max_new_tokens=args.max_new_tokens,
+        config=config,
     )
     if args.host not in LOOPBACK and not api_key:
         print(

@@ -1,8 +1,9 @@
 """Serving a fine-tuned model over HTTP with OpenAI- and Ollama-compatible APIs.
 
-`Engine` (serve.engine) is the model side, `create_app` (serve.app) the protocol side;
-`load_engine` builds an engine from a model spec the way `instructkit generate` loads
-models, and `run_server` runs the app with uvicorn.
+`Engine` (serve.engine) is the model side; `create_app` (serve.app) the protocol side,
+with one router per dialect (serve.openai, serve.ollama) over shared request parsing
+(serve.requests). `load_engine` builds an engine from a model spec the way `instructkit
+generate` loads models, and `run_server` runs the app with uvicorn.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from instructkit.config import GenerationConfig
 from instructkit.errors import UserError
 from instructkit.serve.engine import Engine, RequestError, SamplingParams, messages_to_record
 
@@ -42,14 +44,15 @@ def load_engine(
     tokenizer: str | None = None,
     device: str = "auto",
     name: str | None = None,
-    max_new_tokens: int = 256,
+    config: GenerationConfig | None = None,
 ) -> Engine:
-    from instructkit.responses import load_for_generation
+    """An engine for a model spec; `config` holds the defaults of requests that set nothing."""
+    from instructkit.model.loading import load_for_generation
 
     model, tok, prompt_style = load_for_generation(
         spec, style=style, tokenizer=tokenizer, device=device
     )
-    return Engine(model, tok, prompt_style, name or model_name(spec), max_new_tokens=max_new_tokens)
+    return Engine(model, tok, prompt_style, name or model_name(spec), config)
 
 
 def listen(host: str, port: int) -> socket.socket:

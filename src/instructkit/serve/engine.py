@@ -14,9 +14,13 @@ assistant turns are dropped, since the model was tuned on single-turn records.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from instructkit.config import GenerationConfig
+from instructkit.errors import UserError
 
 
 class RequestError(Exception):
@@ -31,11 +35,14 @@ class RequestError(Exception):
 
 @dataclass
 class SamplingParams:
+    """One request's settings: `config` (None: the server's), and what only a request has.
+
+    `max_tokens` caps the reply (None: config.max_new_tokens); either way the reply is cut
+    where the context ends. `stop` strings end the reply and are not part of it.
+    """
+
+    config: GenerationConfig | None = None
     max_tokens: int | None = None
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
     stop: list[str] = field(default_factory=list)
 
 
@@ -63,19 +70,16 @@ class Generation:
         engine: Engine,
         prompt: str,
         prompt_ids: list[int],
-        max_tokens: int,
-        params: SamplingParams,
+        config: GenerationConfig,
+        stop: list[str],
         chat: bool,
     ):
         self.engine = engine
         self.prompt = prompt
         self.prompt_ids = prompt_ids
-        self.max_tokens = max_tokens
-        self.params = params
+        self.config = config
         self.chat = chat
-        self.stops = [s for s in params.stop if s] + (
-            list(engine.style.stop_strings) if chat else []
-        )
+        self.stops = [s for s in stop if s] + (list(engine.style.stop_strings) if chat else [])
         self.finish_reason: str | None = None
         self.completion_tokens = 0
         self.text = ""
@@ -94,26 +98,17 @@ class Generation:
 
         from instructkit.generate import stream
 
-        engine, p = self.engine, self.params
-        tokens = stream(
-            engine.model,
-            self.prompt_ids,
-            self.max_tokens,
-            temperature=p.temperature,
-            top_k=p.top_k,
-            top_p=p.top_p,
-            eos_id=engine.tokenizer.eos_id,
-            seed=p.seed,
-        )
+        engine = self.engine
+        tokens = stream(engine.model, self.prompt_ids, config=self.config)
         ids: list[int] = []
         emitted = ""
         raw = ""
         self.finish_reason = "length"
         try:
-            while len(ids) < self.max_tokens:
+            while len(ids) < self.config.max_new_tokens:
                 with engine.lock, torch.no_grad():
                     token = next(tokens, None)
-                if token is None or token == engine.tokenizer.eos_id:
+                if token is None:  # an end token (eos, or the config's stop ids)
                     self.finish_reason = "stop"
                     break
                 ids.append(token)
@@ -194,14 +189,23 @@ class FairLock:
 
 
 class Engine:
-    """A loaded model ready to answer requests."""
+    """A loaded model ready to answer requests.
 
-    def __init__(self, model, tokenizer, style, name: str, max_new_tokens: int = 256):
+    `config` holds the server's defaults for requests that leave a setting out (the greedy
+    book defaults unless `serve` was given flags); `settings` override its fields
+    (e.g. max_new_tokens=40). Its eos id is always the tokenizer's.
+    """
+
+    def __init__(
+        self, model, tokenizer, style, name: str, config: GenerationConfig | None = None, **settings
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.style = style
         self.name = name
-        self.max_new_tokens = max_new_tokens
+        self.config = dataclasses.replace(
+            config or GenerationConfig(), **settings, eos_id=tokenizer.eos_id
+        )
         self.lock = FairLock()
 
     @property
@@ -246,7 +250,14 @@ class Engine:
                 "messages" if chat else "prompt",
                 "context_length_exceeded",
             )
-        wanted = self.max_new_tokens if params.max_tokens is None else params.max_tokens
+        config = params.config or self.config
+        wanted = config.max_new_tokens if params.max_tokens is None else params.max_tokens
         # Replies are cut where the context ends (finish_reason "length").
         budget = min(wanted, self.context_length - len(ids))
-        return Generation(self, prompt, ids, budget, params, chat)
+        try:
+            config = dataclasses.replace(
+                config, max_new_tokens=budget, eos_id=self.tokenizer.eos_id
+            )
+        except UserError as error:
+            raise RequestError("; ".join(error.problems), "max_tokens") from None
+        return Generation(self, prompt, ids, config, params.stop, chat)

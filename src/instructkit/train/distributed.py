@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from instructkit.model.loading import pick_device
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -33,15 +35,6 @@ class Dist:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(spec: str, local_rank: int = 0) -> torch.device:
-    """Resolve 'auto' to CUDA when available (the rank's own GPU under torchrun), else CPU."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        spec = f"cuda:{local_rank}"
-    return torch.device(spec)
 
 
 def init(device_spec: str) -> tuple[Dist, torch.device]:

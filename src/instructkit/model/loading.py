@@ -1,0 +1,58 @@
+"""A model ready to generate: weights, tokenizer and prompt style from one spec, on a device.
+
+`instructkit generate`, `chat`, `serve` and the demo all load a model this way, so a run
+directory answers in the prompt style it was trained with: the style comes from `--style`,
+else from the model directory's `instructkit.json`, else the book's alpaca format. The
+tokenizer is the one given, else the one saved with the model, else GPT-2's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from instructkit.errors import UserError
+from instructkit.model.checkpoints import check_vocab, load_pretrained, read_metadata
+
+DEFAULT_STYLE = "alpaca"
+
+
+def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' is CUDA when available, else the CPU; 'cuda' is the rank's own GPU under torchrun."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda":
+        spec = f"cuda:{local_rank}"
+    return torch.device(spec)
+
+
+def resolve_style(spec: str, style: str | None = None):
+    """The prompt style: explicit, else saved with the model, else the book's alpaca."""
+    # The registry of styles lives with the prompts (data/); only the name is the model's.
+    from instructkit.data.prompts import get_style
+
+    if style is None and Path(spec).is_dir():
+        style = read_metadata(spec).get("style")
+    return get_style(style or DEFAULT_STYLE)
+
+
+def load_for_generation(
+    spec: str, style: str | None = None, tokenizer: str | None = None, device: str = "auto"
+) -> tuple[Any, Any, Any]:
+    """(model in eval mode on `device`, tokenizer, prompt style) for a model spec."""
+    from instructkit.tokenizer import load_tokenizer
+
+    prompt_style = resolve_style(spec, style)
+    target = pick_device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but no CUDA device is available")
+    model, loaded = load_pretrained(
+        spec, tokenizer=load_tokenizer(tokenizer) if tokenizer else None
+    )
+    if loaded is None:  # a book .pth or random:PRESET without --tokenizer
+        loaded = load_tokenizer("gpt2")
+        check_vocab(model, loaded, spec)
+    model.to(target).eval()
+    return model, loaded, prompt_style
