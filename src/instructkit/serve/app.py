@@ -26,15 +26,17 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from instructkit import __version__
 from instructkit.serve.engine import Engine, Generation, RequestError, SamplingParams
+from instructkit.serve.web import is_public, web_router
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 500: "server_error"}
@@ -269,8 +271,9 @@ def _ollama_final(gen: Generation, started: float) -> dict:
     }
 
 
-def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
-    """The FastAPI app serving `engine`; with `api_key`, every route but /health needs the bearer token."""
+def create_app(engine: Engine, api_key: str | None = None, run_dir: Path | None = None) -> FastAPI:
+    """The FastAPI app serving `engine` (and the run page for `run_dir`); with `api_key`,
+    every route but /health and the pages (serve.web.is_public) needs the bearer token."""
     app = FastAPI(title="instructkit", version=__version__, docs_url=None, redoc_url=None)
     created = int(time.time())
     context = engine.context_length
@@ -295,7 +298,7 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def check_key(request: Request, call_next):
-        if api_key and request.url.path != "/health":
+        if api_key and not is_public(request.url.path):
             header = request.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), api_key):
@@ -308,9 +311,7 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
     def health():
         return {"status": "ok", "model": engine.name}
 
-    @app.get("/")
-    def root():
-        return PlainTextResponse("instructkit is running")
+    app.include_router(web_router(run_dir, engine=engine, key_required=bool(api_key)))
 
     # ---- OpenAI ------------------------------------------------------------------------
 
