@@ -25,11 +25,11 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from fake_servers import free_socket, serve_in_thread
+from fake_servers import FakeJudge, free_socket, serve_in_thread
 
 from instructkit.config import FinetuneConfig, save_config
 from instructkit.data import get_style
-from instructkit.evaluate import evaluate_responses
+from instructkit.evaluate import JudgeClient, evaluate_responses
 from instructkit.model import GPTConfig, GPTModel
 from instructkit.model.checkpoints import save_pretrained
 from instructkit.serve import Engine, SamplingParams, load_engine
@@ -57,13 +57,13 @@ TAUGHT = [
     ("What is the capital of France?", "The capital of France is Paris."),
 ]
 FAMILIES = ["capital", "capital", "color", "color", "color", "spelling"]
-RESPONSES = [
-    ("What is the capital of Italy?", "", "Rome", "Rome"),
-    ("What is the capital of Spain?", "", "Madrid", "The capital is Madrid."),
-    ("Name a color of the sky.", "", "Blue", "Blue, like the sky."),
-    ("Name the color of grass.", "", "Green", "Blue"),
-    ("Name a warm color.", "", "Red or orange", "Orange is warm."),
-    ("Correct the spelling.", "recieve", "receive", "receive"),
+RESPONSES = [  # instruction, input, expected, model response, the judge's score
+    ("What is the capital of Italy?", "", "Rome", "Rome", 95),
+    ("What is the capital of Spain?", "", "Madrid", "The capital is Madrid.", 90),
+    ("Name a color of the sky.", "", "Blue", "Blue, like the sky.", 85),
+    ("Name the color of grass.", "", "Green", "Blue", 5),
+    ("Name a warm color.", "", "Red or orange", "Orange is warm.", 70),
+    ("Correct the spelling.", "recieve", "receive", "receive", 100),
 ]
 STEPS = 40  # enough for the tiny model to learn TAUGHT by heart
 STALE = 3  # this record's response is edited after scoring: its scores must not be shown
@@ -132,10 +132,15 @@ def run_dir(tmp_path_factory) -> Path:
     write_metrics(run / "metrics.jsonl", metrics_rows(40))
     records = [
         {"instruction": i, "input": x, "output": o, "family": f, "model_response": r}
-        for (i, x, o, r), f in zip(RESPONSES, FAMILIES, strict=True)
+        for (i, x, o, r, _), f in zip(RESPONSES, FAMILIES, strict=True)
     ]
     (run / "responses.json").write_text(json.dumps(records))
-    evaluate_responses(run / "responses.json", progress=False)
+
+    def judge(prompt: str, attempt: int):
+        return ("reply", f"Score: {next(s for i, *_, s in RESPONSES if i in prompt)}")
+
+    with FakeJudge(judge) as fake, JudgeClient("ollama", "judge", fake.url) as client:
+        evaluate_responses(run / "responses.json", judge=client, progress=False)
     records[STALE]["model_response"] = "Green, as grass is."
     (run / "responses.json").write_text(json.dumps(records))
     return run
@@ -222,8 +227,16 @@ def open_page(driver, url: str) -> None:
 
 
 def screenshot(driver, name: str, tmp_path: Path) -> Path:
+    """The whole page (up to 1600 px tall) as a PNG, in docs/ with INSTRUCTKIT_SCREENSHOTS=1."""
     path = tmp_path / name
-    assert driver.save_screenshot(str(path))
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    metrics = {"width": 1280, "height": min(max(height, 860), 1600), "deviceScaleFactor": 1}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {**metrics, "mobile": False})
+    try:
+        time.sleep(0.3)  # the chart redraws for the new size
+        assert driver.save_screenshot(str(path))
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("INSTRUCTKIT_SCREENSHOTS") == "1":
         shutil.copyfile(path, DOCS / name)
@@ -403,11 +416,12 @@ def test_run_page(browser, app_url, run_dir, tmp_path):
         ]
 
     shown = table()
-    assert [row[0] for row in shown] == [i + ("\n" + x if x else "") for i, x, _, _ in RESPONSES]
-    assert shown[STALE][1] == "Green, as grass is." and shown[STALE][2] == ""
+    assert [row[0] for row in shown] == [i + ("\n" + x if x else "") for i, x, *_ in RESPONSES]
+    assert shown[STALE][1:] == ("Green, as grass is.", "not scored")
     scored = [r for i, r in enumerate(scores["records"]) if i != STALE]
     for row, record in zip([s for i, s in enumerate(shown) if i != STALE], scored, strict=True):
-        assert f"ROUGE-L {record['rouge_l']:.2f}" in row[2]
+        assert f"judge {record['judge_score']}\nROUGE-L {record['rouge_l']:.2f}" in row[2]
+        assert ("exact match" in row[2]) == record["exact_match"]
 
     select = browser.find_element(By.ID, "family")
     select.find_element(By.CSS_SELECTOR, "option[value='color']").click()
@@ -417,6 +431,9 @@ def test_run_page(browser, app_url, run_dir, tmp_path):
     best_first = sorted(scored, key=lambda r: -r["rouge_l"])  # stable: file order on ties
     assert [row[1] for row in table()][: len(scored)] == [r["model_response"] for r in best_first]
     assert table()[-1][1] == "Green, as grass is."  # unscored last
+    browser.find_element(By.CSS_SELECTOR, "#sort option[value='judge_asc']").click()
+    worst_first = sorted(scored, key=lambda r: r["judge_score"])
+    assert [row[1] for row in table()][: len(scored)] == [r["model_response"] for r in worst_first]
 
 
 def test_pages_fit_a_phone(browser, app_url):
@@ -503,5 +520,6 @@ def test_serve_run_follows_training(browser, tmp_path):
         wait(browser, lambda d: drawn() == len(rows), timeout=15)
         assert browser.find_element(By.CSS_SELECTOR, "#cards").text.startswith("Steps\n12")
     finally:
+        browser.get("about:blank")  # stop polling before the server goes
         server.send_signal(signal.SIGINT)
         server.wait(20)

@@ -127,11 +127,14 @@ function setupFilters() {
   const sorted = sort.value;
   const usable = Object.entries(SORTS).filter(([, s]) => !s.key || records.some((r) => typeof r[s.key] === "number"));
   sort.replaceChildren(...usable.map(([value, s]) => Ik.el("option", { value }, s.label)));
-  sort.value = usable.some(([value]) => value === sorted) ? sorted : usable.length > 3 ? "judge_asc" : "file";
+  sort.value = usable.some(([value]) => value === sorted) ? sorted : "file";
   sort.closest("label").hidden = usable.length === 1;
   const groups = state.responses.metrics?.groups;
+  const judged = state.responses.judge?.groups || {};
+  const judgeOf = (name) => (typeof judged[name]?.mean === "number" ? `, judge ${judged[name].mean.toFixed(1)}` : "");
   $("group-scores").textContent = groups
-    ? "ROUGE-L by family: " + Object.entries(groups).map(([name, g]) => `${name} ${fmt.pct(g.rouge_l)}`).join(" · ")
+    ? "By family (ROUGE-L): " +
+      Object.entries(groups).map(([name, g]) => `${name} ${fmt.pct(g.rouge_l)}${judgeOf(name)}`).join(" · ")
     : "";
 }
 
@@ -158,17 +161,19 @@ function visibleRecords() {
 
 function scoreCell(record) {
   const cell = Ik.el("td", { class: "scores", "data-label": "Scores" });
+  if (state.responses.scores_file && typeof record.rouge_l !== "number") {
+    cell.append(Ik.el("span", { class: "score unscored" }, "not scored"));
+  }
   if (typeof record.judge_score === "number") {
-    cell.append(Ik.el("span", { class: "score judge" }, "judge ", Ik.el("b", {}, String(record.judge_score))));
+    const level = record.judge_score >= 80 ? "high" : record.judge_score < 50 ? "low" : "mid";
+    cell.append(Ik.el("span", { class: `score judge ${level}` }, "judge ", Ik.el("b", {}, String(record.judge_score))));
   } else if (record.judge_error) {
     cell.append(Ik.el("span", { class: "score" }, "judge: error"));
   }
   if (typeof record.rouge_l === "number") {
     cell.append(Ik.el("span", { class: "score" }, "ROUGE-L ", Ik.el("b", {}, record.rouge_l.toFixed(2))));
   }
-  if (typeof record.exact_match === "number") {
-    cell.append(Ik.el("span", { class: "score" }, record.exact_match ? "exact match ✓" : "not exact"));
-  }
+  if (record.exact_match) cell.append(Ik.el("span", { class: "score exact" }, "exact match ✓"));
   if (record.judge_reply || record.judge_error) {
     cell.append(Ik.el("details", {}, Ik.el("summary", {}, "judge's reply"), record.judge_reply || record.judge_error));
   }
