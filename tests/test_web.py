@@ -27,6 +27,7 @@ import pytest
 import torch
 from fake_servers import FakeJudge, free_socket, serve_in_thread
 
+from instructkit.cli import main
 from instructkit.config import FinetuneConfig, save_config
 from instructkit.data import get_style
 from instructkit.evaluate import JudgeClient, evaluate_responses
@@ -34,7 +35,7 @@ from instructkit.model import GPTConfig, GPTModel
 from instructkit.model.checkpoints import save_pretrained
 from instructkit.serve import Engine, SamplingParams, load_engine
 from instructkit.serve.app import create_app
-from instructkit.serve.web import CSP, STATIC, run_dir_of
+from instructkit.serve.web import CSP, STATIC, create_run_app, run_dir_of
 from instructkit.tokenizer import train_tokenizer
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
@@ -44,13 +45,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-pytestmark = [
-    pytest.mark.skipif(
-        not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-        reason="needs chromium and chromedriver (apt-get install chromium chromium-driver)",
-    ),
-    pytest.mark.usefixtures("one_torch_thread"),
-]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 TAUGHT = [
     ("Name a color.", "Blue, like the clear sky in summer."),
@@ -178,7 +173,11 @@ def random_url():
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
+    """Headless Chromium; the tests that use it skip when it is not installed."""
     from selenium.webdriver.chrome.service import Service
+
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -437,27 +436,28 @@ def test_run_page(browser, app_url, run_dir, tmp_path):
 
 
 def test_pages_fit_a_phone(browser, app_url):
-    browser.set_window_size(390, 844)
+    phone = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", phone)
     try:
-        for path in ("/", "/run"):
+        for path in ("/run", "/"):
             open_page(browser, app_url + path)
             wait(browser, lambda d: d.execute_script("return document.readyState") == "complete")
+            width = browser.execute_script("return window.innerWidth")
+            assert width == 390
             assert browser.execute_script(
                 "return document.documentElement.scrollWidth <= window.innerWidth"
             ), path
-        open_page(browser, app_url)
-        box = browser.find_element(By.TAG_NAME, "textarea")
-        send = browser.find_element(By.ID, "send")
-        for element in (box, send):
-            rect = element.rect
-            assert rect["x"] >= 0 and rect["x"] + rect["width"] <= 390 and rect["y"] < 844
+        for element in ("prompt", "send", "temperature", "max-tokens", "clear"):
+            rect = browser.find_element(By.ID, element).rect
+            assert rect["x"] >= 0 and rect["x"] + rect["width"] <= 390, element
+            assert 0 <= rect["y"] and rect["y"] + rect["height"] <= 844, element
         for control in ("prompt", "temperature", "max-tokens"):  # every control has a label
             assert (
                 browser.execute_script(f"return document.getElementById('{control}').labels.length")
                 == 1
             )
     finally:
-        browser.set_window_size(1280, 860)
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def test_pages_load_nothing_from_elsewhere(app_url):
@@ -469,6 +469,46 @@ def test_pages_load_nothing_from_elsewhere(app_url):
         text = file.read_text().replace("http://www.w3.org/2000/svg", "")  # a name, not a load
         assert "http://" not in text and "https://" not in text, file.name
     assert httpx.get(f"{app_url}/static/..%2Fweb.py").status_code == 404
+
+
+def test_run_data_routes(app_url, run_dir, tmp_path):
+    """What the run page reads: rows since N, a half-written line left out, 304 when unchanged."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = httpx.get(f"{app_url}/run/data/metrics", params={"since": 38}).json()
+    assert (metrics["total"], metrics["rows"]) == (len(rows), rows[38:])
+    first = httpx.get(f"{app_url}/run/data/responses")
+    again = httpx.get(
+        f"{app_url}/run/data/responses", headers={"If-None-Match": first.headers["etag"]}
+    )
+    assert again.status_code == 304
+    doc = first.json()
+    assert doc["judge"]["judge"] == "ollama:judge" and len(doc["records"]) == len(RESPONSES)
+    assert [r.get("judge_score") for r in doc["records"]] == [
+        None if i == STALE else score for i, (*_, score) in enumerate(RESPONSES)
+    ]
+    assert httpx.get(f"{app_url}/run/data/config").json()["values"]["style"] == "alpaca"
+
+    live = tmp_path / "live"
+    live.mkdir()
+    write_metrics(live / "metrics.jsonl", metrics_rows(2), partial='{"step": 3, "epo')
+    app = create_run_app(live, api_key="k")
+    with serve_in_thread(app) as url:
+        assert httpx.get(f"{url}/run/data/metrics").status_code == 401
+        auth = {"Authorization": "Bearer k"}
+        live_rows = httpx.get(f"{url}/run/data/metrics", headers=auth).json()["rows"]
+        assert live_rows == metrics_rows(2)
+        empty = httpx.get(f"{url}/run/data/responses", headers=auth).json()
+        assert (empty["records"], empty["scores_file"]) == ([], False)
+        assert httpx.get(f"{url}/run").status_code == 200  # the page itself needs no key
+        assert httpx.get(url, follow_redirects=False).headers["location"] == "/run"
+
+
+def test_serve_needs_a_model_or_a_run(tmp_path, capsys):
+    assert main(["serve"]) == 2
+    assert main(["serve", "--run", str(tmp_path / "missing")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "--model" in errors[0] and "not a directory" in errors[1]
+    assert run_dir_of("random:tiny") is None and run_dir_of(str(tmp_path)) is None
 
 
 # ---- serve --run: a run still training ---------------------------------------------

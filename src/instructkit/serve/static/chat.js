@@ -70,7 +70,7 @@ function requestBody() {
 
 function finishNote(state, stopped) {
   const parts = [];
-  if (state.tokens !== null) parts.push(`${state.tokens} tokens`);
+  if (state.tokens !== null) parts.push(`${state.tokens} token${state.tokens === 1 ? "" : "s"}`);
   if (stopped) parts.push("stopped");
   else if (state.finish === "length") parts.push("cut at the token limit");
   return parts.join(" · ");
