@@ -19,10 +19,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     """--model, --style, --tokenizer and --device, as every command that loads a model reads them."""
     parser.add_argument(
-        "--model", required=True, help="run dir, model dir, preset/hub id, random:PRESET or .pth"
+        "--model",
+        required=required,
+        help="run dir, model dir, preset/hub id, random:PRESET or .pth",
     )
     parser.add_argument(
         "--style", help="prompt style; when not given, the one saved with the model, else alpaca"

@@ -68,20 +68,27 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def run_server(
-    engine: Engine,
+    engine: Engine | None,
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str | None = None,
     log_level: str = "info",
     sock: socket.socket | None = None,
+    run_dir: Path | None = None,
 ) -> None:
-    """Serve until interrupted, on `sock` when given (bound already), else on host:port."""
+    """Serve until interrupted, on `sock` when given (bound already), else on host:port;
+    without an engine, only the run page for `run_dir`."""
     import uvicorn
 
     from instructkit.serve.app import create_app
+    from instructkit.serve.web import create_run_app
 
     sock = sock or listen(host, port)
-    config = uvicorn.Config(create_app(engine, api_key=api_key), log_level=log_level)
+    if engine is None:
+        app = create_run_app(run_dir, api_key=api_key)
+    else:
+        app = create_app(engine, api_key=api_key, run_dir=run_dir)
+    config = uvicorn.Config(app, log_level=log_level)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

@@ -13,16 +13,18 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from instructkit import __version__
 from instructkit.serve import ollama, openai
 from instructkit.serve.engine import Engine
 from instructkit.serve.requests import APIError
+from instructkit.serve.web import is_public, web_router
 
 ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 500: "server_error"}
 logger = logging.getLogger("instructkit.serve")
@@ -38,8 +40,12 @@ def error_response(
     return JSONResponse(body, status_code=status)
 
 
-def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
-    """The FastAPI app serving `engine`; with `api_key`, every route but /health needs the bearer token."""
+def create_app(
+    engine: Engine | None, api_key: str | None = None, run_dir: Path | None = None
+) -> FastAPI:
+    """The FastAPI app serving `engine` (and the run page for `run_dir`; no engine serves only
+    that); with `api_key`, every route but /health and the pages (serve.web.is_public) needs
+    the bearer token."""
     app = FastAPI(title="instructkit", version=__version__, docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.created = int(time.time())
@@ -47,7 +53,7 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def check_key(request: Request, call_next):
-        if api_key and request.url.path != "/health":
+        if api_key and not is_public(request.url.path):
             header = request.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), api_key):
@@ -58,14 +64,12 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "model": engine.name}
+        return {"status": "ok", "model": engine.name if engine is not None else None}
 
-    @app.get("/")
-    def root():
-        return PlainTextResponse("instructkit is running")
-
-    app.include_router(openai.router)
-    app.include_router(ollama.router)
+    app.include_router(web_router(run_dir, engine=engine, key_required=bool(api_key)))
+    if engine is not None:
+        app.include_router(openai.router)
+        app.include_router(ollama.router)
     return app
 
 
