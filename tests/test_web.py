@@ -28,7 +28,7 @@ import torch
 from fake_servers import FakeJudge, free_socket, serve_in_thread
 
 from instructkit.cli import main
-from instructkit.config import FinetuneConfig, save_config
+from instructkit.config import FinetuneConfig, GenerationConfig, save_config
 from instructkit.data import get_style
 from instructkit.evaluate import JudgeClient, evaluate_responses
 from instructkit.model import GPTConfig, GPTModel
@@ -143,7 +143,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(run_dir) -> Engine:
-    return load_engine(str(run_dir), device="cpu", max_new_tokens=64)
+    return load_engine(str(run_dir), device="cpu", config=GenerationConfig(max_new_tokens=64))
 
 
 @pytest.fixture(scope="module")

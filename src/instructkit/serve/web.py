@@ -205,7 +205,7 @@ def web_router(run_dir: Path | None, *, engine=None, key_required: bool = False)
             "version": __version__,
             "model": engine.name if engine is not None else None,
             "context_length": engine.context_length if engine is not None else None,
-            "max_new_tokens": engine.max_new_tokens if engine is not None else None,
+            "max_new_tokens": engine.config.max_new_tokens if engine is not None else None,
             "run": run_dir.name if run_dir is not None else None,
             "key_required": key_required,
         }
