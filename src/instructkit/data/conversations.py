@@ -1,8 +1,9 @@
 """Conversations to training examples: token ids plus a mask of the tokens the loss learns.
 
 A chat model should learn to answer, not to predict what users write: by default only
-the assistant turns are trained (each answer and the end-of-turn text after it, in every
-turn of a multi-turn conversation); system and user tokens get no loss. Chat templates do
+the assistant turns are trained (each answer and its end-of-turn token, in every turn of
+a multi-turn conversation; not the whitespace a template puts after that token, which
+generation never produces); system and user tokens get no loss. Chat templates do
 not say where an answer starts, so we find out the way TRL and axolotl do without
 `{% generation %}` markers: render the conversation up to each assistant turn with the
 generation prompt (the answer starts where that text ends) and up to the end of the turn
@@ -46,7 +47,9 @@ def assistant_spans(style: PromptStyle, messages: list[dict]) -> tuple[str, list
         if message["role"] != "assistant":
             continue
         start = shared_prefix(style.render(messages[:index], add_generation_prompt=True), full)
-        spans.append((start, _turn_end(style, messages, index, full, start)))
+        end = _turn_end(style, messages, index, full, start)
+        # Up to the end-of-turn token; ChatML's newline after `<|im_end|>` is never generated.
+        spans.append((start, max(start, len(full[:end].rstrip()))))
     return full, spans
 
 
