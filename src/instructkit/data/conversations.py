@@ -17,11 +17,9 @@ prompts (a token that straddles an answer's start is trained).
 
 from __future__ import annotations
 
+from instructkit.config import TRAIN_ON  # what the loss sees: assistant turns, or all
 from instructkit.data.prompts import PromptStyle
 from instructkit.errors import UserError
-
-# What the loss sees in a conversation: the assistant turns, or every token.
-TRAIN_ON = ("assistant", "all")
 
 
 def is_conversation(record: dict) -> bool:
