@@ -77,6 +77,18 @@ def test_finetune_on_conversations_trains_the_chosen_tokens(tmp_path, train_on, 
         reference.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     )
 
+    # generate and its test split go through the template saved with the run
+    from instructkit.model.loading import load_for_generation
+
+    _, _, style = load_for_generation(str(out))
+    assert style.prompt({"instruction": "Hi", "input": ""}) == reference.apply_chat_template(
+        chat, tokenize=False, add_generation_prompt=True
+    )
+    assert style.prompt(records[-1]) == reference.apply_chat_template(
+        OTHER["messages"][:1], tokenize=False, add_generation_prompt=True
+    )
+    assert main(["generate", "--model", str(out), "--prompt", "Hi", "--max-new-tokens", "2"]) == 0
+
 
 def test_bad_conversations_exit_2_naming_each_problem(tmp_path, capsys):
     data = tmp_path / "bad.json"
