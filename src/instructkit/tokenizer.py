@@ -119,8 +119,10 @@ class HFTokenizer(Tokenizer):
             if (token := _token_text(self.config.get(key))) is not None
         }
         eos_token = self.tokens.get("eos_token")
+        if eos_id is None and eos_token is not None:
+            eos_id = backend.token_to_id(eos_token)
         if eos_id is None:
-            eos_id = backend.token_to_id(eos_token or EOS_TOKEN)
+            eos_id = backend.token_to_id(EOS_TOKEN)
         if eos_id is None:
             raise ModelError(
                 f"{name}: tokenizer has no end-of-text token {eos_token or EOS_TOKEN!r}; "
