@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from instructkit.data import Batch, Example, InstructionCollator, custom_collate_fn
+from instructkit.data.collate import count_untrained
 
 PAD = 50256
 IGNORE = -100
@@ -248,3 +249,86 @@ def test_batch_to_and_pin_memory_keep_metadata():
 def test_empty_examples_are_refused():
     with pytest.raises(ValueError, match="at least one token"):
         InstructionCollator(PAD)([[1], []])
+
+
+# --- per-token loss masks (conversations) ----------------------------------------------
+
+F, T = False, True
+
+
+def test_loss_mask_trains_exactly_the_marked_tokens_and_never_the_end_of_text():
+    # Target at position j predicts token j+1 and is trained iff the mask marks token j+1;
+    # the end-of-text target after the last token is never trained.
+    example = Example([10, 11, 12, 13, 14], 2, (F, F, T, T, F))
+    result = InstructionCollator(PAD)([example, Example([20, 21], 0)])
+    assert result.targets.tolist() == [
+        [IGNORE, 12, 13, IGNORE, IGNORE],
+        [21, PAD, IGNORE, IGNORE, IGNORE],
+    ]
+    assert (result.num_target_tokens, result.num_untrained) == (4, 0)
+
+
+def test_loss_mask_wins_over_mask_prompt_in_a_mixed_batch():
+    collator = InstructionCollator(PAD, mask_prompt=True)
+    result = collator([Example([10, 11, 12, 13], 3, (F, T, F, T)), Example([20, 21, 22], 2)])
+    assert result.targets.tolist() == [[11, IGNORE, 13, IGNORE], [IGNORE, 22, PAD, IGNORE]]
+
+
+def test_truncation_counts_examples_left_without_a_trained_token():
+    examples = [
+        Example([1, 2, 3, 4, 5], 3, (F, F, F, T, T)),  # cut to 3: answer gone
+        Example([6, 7, 8, 9], 1, (F, T, T, T)),  # cut to 3: 7 and 8 still trained
+        Example([1, 2, 3, 4, 5], 3),  # mask_prompt: answer gone too
+    ]
+    collator = InstructionCollator(PAD, allowed_max_length=3, mask_prompt=True)
+    result = collator(examples)
+    assert result.targets.tolist() == [
+        [IGNORE, IGNORE, IGNORE],
+        [7, 8, IGNORE],
+        [IGNORE, IGNORE, IGNORE],
+    ]
+    assert (result.num_truncated, result.num_untrained) == (3, 2)
+    assert count_untrained(examples, 3, mask_prompt=True) == 2
+    assert count_untrained(examples, 4, mask_prompt=True) == 0
+    assert count_untrained(examples, None) == 0
+
+
+def test_packed_conversations_keep_their_masks_and_boundaries():
+    collator = InstructionCollator(PAD, allowed_max_length=6, pack=True)
+    result = collator([Example([1, 2, 3, 4], 2, (F, F, T, T)), Example([5, 6], 1, (F, T))])
+    assert result.input_ids.tolist() == [[1, 2, 3, 4, 5, 6]]
+    assert result.targets.tolist() == [[IGNORE, 3, 4, IGNORE, 6, IGNORE]]
+    assert result.segment_ids.tolist() == [[1, 1, 1, 1, 2, 2]]
+    assert result.position_ids.tolist() == [[0, 1, 2, 3, 0, 1]]
+
+
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(
+    examples=st.lists(
+        st.lists(st.tuples(st.integers(0, 1000), st.booleans()), min_size=1, max_size=12),
+        min_size=1,
+        max_size=6,
+    ),
+    limit=st.one_of(st.none(), st.integers(2, 20)),
+)
+def test_packed_masked_segments_equal_each_example_alone(examples, limit):
+    examples = [Example([i for i, _ in pairs], 0, tuple(m for _, m in pairs)) for pairs in examples]
+    packed = InstructionCollator(PAD, allowed_max_length=limit, pack=True)(examples)
+    alone = InstructionCollator(PAD, allowed_max_length=limit)
+    pieces = []
+    for row in range(packed.input_ids.shape[0]):
+        for segment in packed.segment_ids[row].unique().tolist():
+            if segment:
+                where = packed.segment_ids[row] == segment
+                pieces.append(
+                    (packed.input_ids[row][where].tolist(), packed.targets[row][where].tolist())
+                )
+    expected = []
+    for example in examples:
+        single = alone([example])
+        expected.append((single.input_ids[0].tolist(), single.targets[0].tolist()))
+        kept = len(example) if limit is None else min(len(example), limit)
+        trained = [t for t, m in zip(example.input_ids[1:kept], example.loss_mask[1:kept]) if m]
+        assert [t for t in single.targets[0].tolist() if t != IGNORE] == trained
+    assert sorted(pieces) == sorted(expected)
+    assert packed.num_untrained == count_untrained(examples, limit)

@@ -18,7 +18,8 @@ def test_defaults_are_the_books():
     config = FinetuneConfig(data="d.json", out="runs/x")
     assert (config.lr, config.weight_decay, config.batch_size, config.epochs) == (5e-5, 0.1, 8, 2)
     # "auto" is the book split unless every record names its own split
-    assert (config.allowed_max_length, config.style, config.split) == (1024, "alpaca", "auto")
+    assert (config.allowed_max_length, config.style, config.split) == (1024, None, "auto")
+    assert config.train_on == "assistant"
     assert (config.warmup_steps, config.lr_schedule, config.grad_clip) == (0, "constant", None)
 
 

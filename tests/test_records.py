@@ -251,3 +251,92 @@ def test_malformed_fields_mapping():
 def test_empty_list_has_no_records(tmp_path):
     path = write(tmp_path, "d.json", "[]")
     assert problems(path) == [f"{path}: no records"]
+
+
+# --- conversations ---------------------------------------------------------------------
+
+
+def test_openai_and_sharegpt_conversations_load_as_messages(tmp_path):
+    openai = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+        ],
+        "split": "train",
+    }
+    sharegpt = {
+        "conversations": [
+            {"from": "human", "value": "2+2?"},
+            {"from": "gpt", "value": "4"},
+            {"from": "human", "value": "3+3?"},
+            {"from": "gpt", "value": "6"},
+        ]
+    }
+    expected = [
+        openai,
+        {
+            "messages": [
+                {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4"},
+                {"role": "user", "content": "3+3?"},
+                {"role": "assistant", "content": "6"},
+            ]
+        },
+        {"instruction": "a", "input": "", "output": "b"},
+    ]
+    records = [openai, sharegpt, {"instruction": "a", "output": "b"}]
+    as_list = write(tmp_path, "c.json", json.dumps(records))
+    as_lines = write(tmp_path, "c.jsonl", "\n".join(json.dumps(r) for r in records))
+    assert load_instructions(as_list) == load_instructions(as_lines) == expected
+
+
+def test_every_conversation_problem_names_file_record_and_field(tmp_path):
+    def turn(role, content, keys=("role", "content")):
+        return dict(zip(keys, (role, content)))
+
+    gpt = ("from", "value")
+    lines = [
+        {"messages": [turn("user", "x"), turn("bot", "")]},
+        {"messages": [turn("user", "x")]},
+        {
+            "conversations": [
+                turn("human", "x", gpt),
+                turn("human", "y", gpt),
+                turn("gpt", "z", gpt),
+            ]
+        },
+        {"messages": [turn("user", "x"), turn("assistant", "y"), turn("system", "z")]},
+        {"messages": [turn("assistant", "x"), turn("user", "y")]},
+        {"messages": [turn("user", "x"), turn("assistant", "y"), turn("user", "z")]},
+        {"messages": [], "conversations": []},
+        {"messages": []},
+        {"messages": [3, {"role": "user"}, {"role": "assistant", "content": ["parts"]}]},
+    ]
+    path = write(tmp_path, "c.jsonl", "\n".join(json.dumps(line) for line in lines))
+    order = "turns go: optional system, then user and assistant alternating"
+    assert problems(path) == [
+        (
+            f"{path}: line 1, field 'messages[1].role': unknown role 'bot'; "
+            "expected system, user, assistant"
+        ),
+        f"{path}: line 1, field 'messages[1].content': is empty; every turn needs text",
+        (
+            f"{path}: line 2, field 'messages': no assistant turn; a conversation needs an answer "
+            "to learn"
+        ),
+        f"{path}: line 3, field 'conversations[1].from': 'human' where a 'gpt' turn belongs; "
+        + order,
+        f"{path}: line 4, field 'messages[2].role': 'system' where a 'user' turn belongs; " + order,
+        f"{path}: line 5, field 'messages[0].role': 'assistant' where a 'user' turn belongs; "
+        + order,
+        f"{path}: line 6, field 'messages': ends with a 'user' turn; the last turn is the answer",
+        f"{path}: line 7, fields 'messages' and 'conversations': a record holds one conversation",
+        f"{path}: line 8, field 'messages': is an empty list, expected a list of turns",
+        (
+            f"{path}: line 9, field 'messages[0]': is a number, expected an object with role and "
+            "content"
+        ),
+        f"{path}: line 9, field 'messages[1].content': missing",
+        f"{path}: line 9, field 'messages[2].content': is a list, expected a string",
+    ]

@@ -30,6 +30,7 @@ SPLIT_METHODS = ("auto", "book", "shuffled", "field")
 SPLIT_NAMES = ("train", "test", "val")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
+TRAIN_ON = ("assistant", "all")
 
 
 @dataclass
@@ -44,8 +45,10 @@ class FinetuneConfig:
     """Model to start from: preset/hub id, local HF dir, run dir, book .pth, or random:PRESET."""
     tokenizer: str | None = None
     """Tokenizer spec overriding the model's own (required for random:PRESET)."""
-    style: str = "alpaca"
-    """Prompt style."""
+    style: str | None = None
+    """Prompt style: alpaca, phi3, chatml, or chat_template (the model's own Jinja template); unset: chat_template when the model's tokenizer_config.json has one, else alpaca."""
+    train_on: str = "assistant"
+    """What conversations (and records under a chat template) train on: 'assistant' (every answer and its end-of-turn token) or 'all' tokens."""
     split: str = "auto"
     """How to split the records: 'book' (first 85% train, 10% test, 5% val), 'shuffled' (seeded), 'field' (each record's `split`: train/test/val) or 'auto' (field when every record has one, else book)."""
 
@@ -121,6 +124,10 @@ class FinetuneConfig:
         check(
             self.split in SPLIT_METHODS,
             f"split: {self.split!r} is not one of {', '.join(SPLIT_METHODS)}",
+        )
+        check(
+            self.train_on in TRAIN_ON,
+            f"train_on: {self.train_on!r} is not one of {', '.join(TRAIN_ON)}",
         )
         check(self.epochs >= 1, f"epochs: must be at least 1, got {self.epochs}")
         check(

@@ -33,11 +33,28 @@ GPT2_HELP = (
 
 
 class Tokenizer:
-    """What instructkit needs from a tokenizer; subclasses wrap one backend each."""
+    """What instructkit needs from a tokenizer; subclasses wrap one backend each.
+
+    Chat models add a `chat_template` (Jinja text from `tokenizer_config.json`), a
+    begin-of-text token, and several ids that end a turn (`end_ids`); for GPT-2 these are
+    None and just `(eos_id,)`.
+    """
 
     name: str
     eos_id: int
     vocab_size: int
+    chat_template: str | None = None
+    bos_id: int | None = None
+
+    @property
+    def end_ids(self) -> tuple[int, ...]:
+        """Every id that ends generation: eos, plus generation_config.json's eos ids."""
+        return (self.eos_id,)
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        """Named special tokens as text (`bos_token`, `eos_token`, ...), as templates see them."""
+        return {"eos_token": self.decode([self.eos_id])}
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -77,19 +94,55 @@ class TiktokenTokenizer(Tokenizer):
 
 
 class HFTokenizer(Tokenizer):
-    """A `tokenizers.Tokenizer` (from a `tokenizer.json`, GPT-2 vocab files, or training)."""
+    """A `tokenizers.Tokenizer` (from a `tokenizer.json`, GPT-2 vocab files, or training).
 
-    def __init__(self, backend, name: str, eos_id: int | None = None):
+    `config` is the model's `tokenizer_config.json` (empty for GPT-2 and trained BPEs): its
+    named special tokens, chat template and tokenizer class are read here and written back
+    by `save`, so transformers loads the saved directory as it loaded the original.
+    """
+
+    def __init__(
+        self,
+        backend,
+        name: str,
+        eos_id: int | None = None,
+        config: dict | None = None,
+        extra_end_ids: Iterable[int] = (),
+    ):
         self.backend = backend
         self.name = name
-        found = backend.token_to_id(EOS_TOKEN) if eos_id is None else eos_id
-        if found is None:
+        self.config = dict(config or {})
+        _add_configured_tokens(backend, self.config, name)
+        self.tokens = {
+            key: token
+            for key in SPECIAL_TOKEN_KEYS
+            if (token := _token_text(self.config.get(key))) is not None
+        }
+        eos_token = self.tokens.get("eos_token")
+        if eos_id is None and eos_token is not None:
+            eos_id = backend.token_to_id(eos_token)
+        if eos_id is None:
+            eos_id = backend.token_to_id(EOS_TOKEN)
+        if eos_id is None:
             raise ModelError(
-                f"{name}: tokenizer has no end-of-text token {EOS_TOKEN!r}; instructkit "
-                "needs one to end every training example"
+                f"{name}: tokenizer has no end-of-text token {eos_token or EOS_TOKEN!r}; "
+                "instructkit needs one to end every training example"
             )
-        self.eos_id = found
+        self.eos_id = eos_id
+        self.tokens["eos_token"] = backend.id_to_token(eos_id)
+        bos_token = self.tokens.get("bos_token")
+        self.bos_id = backend.token_to_id(bos_token) if bos_token is not None else None
+        self.chat_template = _template_text(self.config.get("chat_template"))
+        self._end_ids = tuple(dict.fromkeys([eos_id, *extra_end_ids]))
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def end_ids(self) -> tuple[int, ...]:
+        return self._end_ids
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        return dict(self.tokens)
 
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
@@ -105,7 +158,60 @@ class HFTokenizer(Tokenizer):
         if model.get("type") == "BPE":  # GPT-2's slow-tokenizer files too
             merges = [m.split(" ", 1) if isinstance(m, str) else m for m in model["merges"]]
             _write_vocab_merges(directory, model["vocab"], merges)
-        _write_tokenizer_config(directory, self.backend.id_to_token(self.eos_id))
+        config = self.config or _gpt2_config(self.tokens["eos_token"])
+        config = {**config, **self.tokens}
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
+        write_atomic(directory / "tokenizer_config.json", json.dumps(config, indent=2))
+        # A chat_template.jinja beside it would override ours in transformers.
+        (directory / "chat_template.jinja").unlink(missing_ok=True)
+
+
+# The named special tokens of tokenizer_config.json that transformers hands to chat templates.
+SPECIAL_TOKEN_KEYS = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
+
+
+def _token_text(value) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or an AddedToken dict."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _template_text(value) -> str | None:
+    """The chat template: a string, or transformers' list of named templates ("default")."""
+    if isinstance(value, list):
+        named = {item.get("name"): item.get("template") for item in value if isinstance(item, dict)}
+        value = named.get("default")
+    return value if isinstance(value, str) else None
+
+
+def _add_configured_tokens(backend, config: dict, name: str) -> None:
+    """Add the config's `added_tokens_decoder` entries that tokenizer.json lacks, at their ids."""
+    from tokenizers import AddedToken
+
+    decoder = config.get("added_tokens_decoder")
+    if not isinstance(decoder, dict):
+        return
+    for key, entry in sorted(decoder.items(), key=lambda item: int(item[0])):
+        content = _token_text(entry)
+        if content is None or backend.token_to_id(content) is not None:
+            continue
+        if int(key) != backend.get_vocab_size(with_added_tokens=True):
+            raise ModelError(
+                f"{name}: tokenizer_config.json adds {content!r} as id {key}, which "
+                "tokenizer.json cannot give it; the two files do not belong together"
+            )
+        special = bool(entry.get("special", True)) if isinstance(entry, dict) else True
+        backend.add_tokens([AddedToken(content, special=special, normalized=False)])
 
 
 def as_tokenizer(obj) -> Tokenizer:
@@ -214,7 +320,39 @@ def _load_tokenizer_json(path: Path) -> Tokenizer:
         backend = Backend.from_file(str(path))
     except Exception as error:  # noqa: BLE001 - tokenizers raises plain Exception on bad files
         raise ModelError(f"{path}: not a Hugging Face tokenizer.json ({error})") from None
-    return HFTokenizer(backend, name=str(path), eos_id=_configured_eos(path.parent, backend))
+    config = _read_config(path.parent)
+    return HFTokenizer(
+        backend, name=str(path), config=config, extra_end_ids=_generation_end_ids(path.parent)
+    )
+
+
+def _read_config(directory: Path) -> dict:
+    """`tokenizer_config.json` beside the tokenizer ({} when absent), with the chat template
+    from `chat_template.jinja` when the model keeps it in its own file (newer transformers)."""
+    config = _read_json_object(directory / "tokenizer_config.json")
+    template = directory / "chat_template.jinja"
+    if template.is_file():
+        config["chat_template"] = template.read_text(encoding="utf-8")
+    return config
+
+
+def _generation_end_ids(directory: Path) -> list[int]:
+    """generation_config.json's `eos_token_id`: one id or a list (Llama 3 ends on two)."""
+    found = _read_json_object(directory / "generation_config.json").get("eos_token_id")
+    ids = found if isinstance(found, list) else [found]
+    return [i for i in ids if isinstance(i, int) and not isinstance(i, bool)]
+
+
+def _read_json_object(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path}: cannot read ({error})") from None
+    if not isinstance(value, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return value
 
 
 def _load_directory(path: Path) -> Tokenizer:
@@ -234,27 +372,18 @@ def _load_directory(path: Path) -> Tokenizer:
         eos = backend.token_to_id(EOS_TOKEN)
         if eos is not None:
             backend.add_special_tokens([EOS_TOKEN])
-        return HFTokenizer(backend, name=str(path), eos_id=_configured_eos(path, backend))
+        return HFTokenizer(
+            backend,
+            name=str(path),
+            config=_read_config(path),
+            extra_end_ids=_generation_end_ids(path),
+        )
     found = sorted(path.glob("*.tiktoken"))
     if len(found) == 1:
         return _load_ranks_file(found[0])
     raise ModelError(
         f"{path}: no tokenizer.json, vocab.json + merges.txt, or single .tiktoken file found"
     )
-
-
-def _configured_eos(directory: Path, backend) -> int | None:
-    """The eos id named in a `tokenizer_config.json` beside the tokenizer, if any."""
-    config = directory / "tokenizer_config.json"
-    if not config.is_file():
-        return None
-    try:
-        eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
-    except (OSError, ValueError, AttributeError):
-        return None
-    if isinstance(eos, dict):
-        eos = eos.get("content")
-    return backend.token_to_id(eos) if isinstance(eos, str) else None
 
 
 @lru_cache(maxsize=1)
@@ -342,8 +471,9 @@ def _write_vocab_merges(directory: Path, vocab: dict[str, int], merges) -> None:
     write_atomic(directory / "merges.txt", "\n".join(lines) + "\n")
 
 
-def _write_tokenizer_config(directory: Path, eos_token: str) -> None:
-    config = {
+def _gpt2_config(eos_token: str) -> dict:
+    """GPT-2's tokenizer_config.json: end-of-text is also begin and unknown."""
+    return {
         "tokenizer_class": "GPT2Tokenizer",
         "bos_token": eos_token,
         "eos_token": eos_token,
@@ -351,5 +481,7 @@ def _write_tokenizer_config(directory: Path, eos_token: str) -> None:
         "add_prefix_space": False,
         "model_max_length": 1024,
     }
-    write_atomic(directory / "tokenizer_config.json", json.dumps(config, indent=2))
 
+
+def _write_tokenizer_config(directory: Path, eos_token: str) -> None:
+    write_atomic(directory / "tokenizer_config.json", json.dumps(_gpt2_config(eos_token), indent=2))

@@ -89,7 +89,13 @@ def run_builtin(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from instructkit.data import InstructionDataset, get_style, load_instructions, parse_fields
+    from instructkit.data import (
+        STYLE_NAMES,
+        InstructionDataset,
+        get_style,
+        load_instructions,
+        parse_fields,
+    )
     from instructkit.data.stats import record_stats, token_stats, truncation_limit
     from instructkit.errors import DataError, UserError
 
@@ -104,14 +110,15 @@ def run(args: argparse.Namespace) -> int:
     ]
     if problems:
         raise UserError(problems)
-    style = get_style(args.style)
+    if args.style is not None and args.style not in STYLE_NAMES:
+        get_style(args.style)  # the unknown-style error, before the file is read
     records = load_instructions(args.file, parse_fields(args.fields))
     _print_records(args.file, record_stats(records, source=str(args.file)))
 
     tokenizer = _tokenizer_or_none(args.tokenizer)
     if tokenizer is None:
         return 0
-    dataset = InstructionDataset(records, tokenizer, style)
+    dataset = InstructionDataset(records, tokenizer, args.style)  # None: template or alpaca
     limit = truncation_limit(args.allowed_max_length, args.context_length)
     stats = token_stats(dataset, args.context_length, limit, args.batch_size, args.seed)
     _print_tokens(stats, dataset, args.batch_size)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from instructkit.commands import HelpFormatter
 from instructkit.commands.flags import add_config_flags
-from instructkit.config import LR_SCHEDULES, PRECISIONS, SPLIT_METHODS, FinetuneConfig
+from instructkit.config import LR_SCHEDULES, PRECISIONS, SPLIT_METHODS, TRAIN_ON, FinetuneConfig
 
 DESCRIPTION = """\
 Fine-tune a GPT model on instruction/input/output records (the book's chapter 7).
@@ -32,7 +32,12 @@ examples:
 """
 
 METAVARS = {"data": "FILE", "out": "DIR", "model": "SPEC", "tokenizer": "SPEC"}
-CHOICES = {"split": SPLIT_METHODS, "lr_schedule": LR_SCHEDULES, "precision": PRECISIONS}
+CHOICES = {
+    "split": SPLIT_METHODS,
+    "lr_schedule": LR_SCHEDULES,
+    "precision": PRECISIONS,
+    "train_on": TRAIN_ON,
+}
 
 
 def register(subparsers) -> None:

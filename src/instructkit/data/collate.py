@@ -68,7 +68,8 @@ class Batch:
 
     `position_ids`/`segment_ids` are set only for packed rows (segments 1..k per example,
     0 on padding). `num_records` counts examples, `num_truncated` those cut to the maximum
-    length, `num_real_tokens` the non-padding positions of `input_ids`.
+    length, `num_real_tokens` the non-padding positions of `input_ids`, `num_untrained`
+    the examples left without a single trained target (truncation cut every trained token).
     """
 
     input_ids: torch.Tensor  # (B, T) long
@@ -78,6 +79,7 @@ class Batch:
     num_records: int = 0
     num_truncated: int = 0
     num_real_tokens: int = 0
+    num_untrained: int = 0
 
     @property
     def num_target_tokens(self) -> int:
@@ -115,7 +117,9 @@ class InstructionCollator:
     `allowed_max_length` tokens and still ends with an end-of-text target (the book's cut
     drops it). With `mask_prompt`, targets that predict prompt tokens are ignored; if
     truncation cut the response away entirely, the whole example is ignored rather than
-    teaching an empty answer. With `pack`, examples are placed first-fit-decreasing into
+    teaching an empty answer (counted in `Batch.num_untrained`). An example with a
+    `loss_mask` (a conversation) trains exactly the tokens its mask marks, whatever
+    `mask_prompt` says, and never its end-of-text target. With `pack`, examples are placed first-fit-decreasing into
     rows of `allowed_max_length` tokens (the longest example's length when None); targets
     never cross from one example into the next.
     """
@@ -166,8 +170,16 @@ class InstructionCollator:
         targets[ends] = self.pad_token_id  # ...but each example's last target is end-of-text
         positions = torch.arange(len(ids)) - torch.repeat_interleave(starts, lengths)  # (S,)
         if self.mask_prompt:
-            masked = _long_tensor(self._masked_targets(examples[i], kept[i]) for i in order)
+            masked = _long_tensor(
+                _masked_targets(examples[i], kept[i]) if examples[i].loss_mask is None else 0
+                for i in order
+            )
             targets[positions < torch.repeat_interleave(masked, lengths)] = self.ignore_index
+        if any(examples[i].loss_mask is not None for i in order):
+            trained = _bool_tensor(
+                chain.from_iterable(_mask_targets(examples[i], kept[i]) for i in order)
+            )  # (S,)
+            targets[~trained] = self.ignore_index
 
         row_lengths = _long_tensor(sum(kept[i] for i in row) for row in rows)  # (B,)
         width = int(row_lengths.max())
@@ -193,11 +205,55 @@ class InstructionCollator:
             num_records=len(examples),
             num_truncated=num_truncated,
             num_real_tokens=len(ids),
+            num_untrained=sum(
+                _untrained(examples[i], kept[i], self.mask_prompt) for i in range(len(examples))
+            ),
         )
 
-    @staticmethod
-    def _masked_targets(example: Example, kept: int) -> int:
-        """How many leading targets predict prompt tokens (all of them if no answer is left)."""
-        if example.prompt_length >= kept and kept < len(example.input_ids):
-            return kept
-        return max(example.prompt_length - 1, 0)
+
+def count_untrained(
+    examples: Iterable[Example], allowed_max_length: int | None, mask_prompt: bool = False
+) -> int:
+    """How many examples keep no trained target once cut to `allowed_max_length` tokens.
+
+    The collator counts the same per batch (`Batch.num_untrained`); this lets a run report
+    the whole dataset's count before training starts.
+    """
+    return sum(
+        _untrained(
+            e,
+            len(e) if allowed_max_length is None else min(len(e), allowed_max_length),
+            mask_prompt,
+        )
+        for e in examples
+    )
+
+
+def _untrained(example: Example, kept: int, mask_prompt: bool) -> bool:
+    if example.loss_mask is not None:
+        return not any(example.loss_mask[1:kept])
+    return mask_prompt and _masked_targets(example, kept) >= kept
+
+
+def _masked_targets(example: Example, kept: int) -> int:
+    """How many leading targets predict prompt tokens (all of them if no answer is left)."""
+    if example.prompt_length >= kept and kept < len(example.input_ids):
+        return kept
+    return max(example.prompt_length - 1, 0)
+
+
+def _mask_targets(example: Example, kept: int) -> Iterable[bool]:
+    """Per kept position, whether its target is trained: the next token's mask, or for the
+    last position (the end-of-text target) False when the example has a loss mask."""
+    if example.loss_mask is None:
+        return [True] * kept
+    return [*example.loss_mask[1:kept], False]
+
+
+def _bool_tensor(values: Iterable[bool]) -> torch.Tensor:
+    buffer = array("b", values)
+    return (
+        torch.frombuffer(buffer, dtype=torch.int8).bool()
+        if buffer
+        else torch.empty(0, dtype=torch.bool)
+    )

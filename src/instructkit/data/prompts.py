@@ -4,7 +4,8 @@ A style splits the training text into `prompt(record)` (everything up to and inc
 the response header) and `response(record)` (the answer), so `prompt + response` is the
 training text and the prompt length in tokens is known exactly. `alpaca` is the book's
 `format_input` byte for byte; `phi3` is the book's exercise 7.1; `chatml` is the
-ChatML layout. Styles are small classes in a registry, looked up by name and saved
+ChatML layout (also for multi-turn conversations); `chat_template` is a model's own Jinja
+template (`data/chat_template.py`). Styles are small classes in a registry, looked up by name and saved
 with a run so generation uses the style the model was trained on.
 """
 
@@ -30,6 +31,15 @@ class PromptStyle:
     name: str = ""
     response_header: str = ""
     stop_strings: tuple[str, ...] = ()
+    supports_conversations: bool = False
+    """Whether `render` can lay out a multi-turn message list (chatml and chat templates)."""
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        """The text of a conversation; with `add_generation_prompt`, ending in the assistant header."""
+        raise UserError(
+            f"prompt style {self.name!r} formats instruction records only; conversations need "
+            "--style chatml or a model with a chat template"
+        )
 
     def prompt(self, record: dict) -> str:
         raise NotImplementedError
@@ -90,6 +100,7 @@ class ChatML(PromptStyle):
     name = "chatml"
     response_header = "<|im_start|>assistant\n"
     stop_strings = ("<|im_end|>",)
+    supports_conversations = True
 
     def prompt(self, record: dict) -> str:
         user = record["instruction"] + (f"\n\n{record['input']}" if record["input"] else "")
@@ -98,15 +109,27 @@ class ChatML(PromptStyle):
     def response(self, record: dict) -> str:
         return record["output"] + "<|im_end|>"
 
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        """Conversations in the usual ChatML layout: every turn closed by `<|im_end|>` and a newline."""
+        turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return turns + (self.response_header if add_generation_prompt else "")
+
 
 _STYLES: dict[str, PromptStyle] = {style.name: style for style in (Alpaca(), Phi3(), ChatML())}
-STYLE_NAMES: tuple[str, ...] = tuple(_STYLES)
+# `chat_template` is the model's own template; it is built from the tokenizer (resolve_style).
+CHAT_TEMPLATE = "chat_template"
+STYLE_NAMES: tuple[str, ...] = (*_STYLES, CHAT_TEMPLATE)
 
 
 def get_style(name: str | PromptStyle) -> PromptStyle:
     """Look a style up by name (a style instance passes through)."""
     if isinstance(name, PromptStyle):
         return name
+    if name == CHAT_TEMPLATE:
+        raise UserError(
+            f"prompt style {name!r} is the model's own template: it needs the model's tokenizer "
+            "(instructkit.data.resolve_style(name, tokenizer))"
+        )
     try:
         return _STYLES[name]
     except KeyError:

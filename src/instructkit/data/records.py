@@ -2,6 +2,10 @@
 
 Every record comes out as a dict with string `instruction`, `input` ("" when missing or
 null) and `output`, plus whatever extra keys it had (they flow through to responses).
+A conversation record (OpenAI `{"messages": [{"role", "content"}]}` or ShareGPT
+`{"conversations": [{"from", "value"}]}`) comes out as `{"messages": [{"role",
+"content"}], ...extra keys}` with roles system/user/assistant: an optional system turn,
+then user and assistant turns alternating, ending with the assistant's.
 A field mapping renames source columns (`{"instruction": "prompt"}`). Validation collects
 every problem before raising, each naming the file, the record (index for a JSON list,
 line for JSONL and CSV), the field and the reason, so a user fixes a file in one pass.
@@ -19,6 +23,12 @@ from instructkit.errors import DataError, UserError
 FIELDS = ("instruction", "input", "output")
 REQUIRED = ("instruction", "output")
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+# Conversation layouts: record key -> (role key, content key, {role as written: our role}).
+CONVERSATION_FORMATS = {
+    "messages": ("role", "content", {"system": "system", "user": "user", "assistant": "assistant"}),
+    "conversations": ("from", "value", {"system": "system", "human": "user", "gpt": "assistant"}),
+}
+CONVERSATION_KEYS = frozenset(CONVERSATION_FORMATS)
 
 
 def parse_fields(spec: str | None) -> dict[str, str] | None:
@@ -73,7 +83,10 @@ def load_instructions(path: str | Path, fields: dict[str, str] | None = None) ->
         if isinstance(item, Unreadable):
             problems.append(f"{path}: {where}{item}")
             continue
-        record, record_problems = _normalize(item, fields)
+        if isinstance(item, dict) and CONVERSATION_KEYS & item.keys():
+            record, record_problems = _normalize_conversation(item)
+        else:
+            record, record_problems = _normalize(item, fields)
         problems.extend(f"{path}: {where}{detail}" for detail in record_problems)
         records.append(record)
     if problems:
@@ -203,6 +216,63 @@ def _normalize(item, fields: dict[str, str]) -> tuple[dict, list[str]]:
         record[name] = value
     record.update((key, value) for key, value in item.items() if key not in sources.values())
     return record, problems
+
+
+def _normalize_conversation(item: dict) -> tuple[dict, list[str]]:
+    """A conversation as `{"messages": [...]}` and its problems, like `_normalize`."""
+    if CONVERSATION_KEYS <= item.keys():
+        return {}, [", fields 'messages' and 'conversations': a record holds one conversation"]
+    key = "messages" if "messages" in item else "conversations"
+    record = {name: value for name, value in item.items() if name != key}
+    turns = item[key]
+    if not isinstance(turns, list) or not turns:
+        kind = "an empty list" if turns == [] else _kind(turns)
+        return record, [f", field {key!r}: is {kind}, expected a list of turns"]
+    role_key, content_key, roles = CONVERSATION_FORMATS[key]
+    messages, problems = [], []
+    for index, turn in enumerate(turns):
+        label = f"field '{key}[{index}]"
+        if not isinstance(turn, dict):
+            problems.append(
+                f", {label}': is {_kind(turn)}, expected an object with {role_key} and {content_key}"
+            )
+            continue
+        role, content = turn.get(role_key), turn.get(content_key)
+        if role not in roles:
+            reason = "missing" if role is None else f"unknown role {role!r}"
+            problems.append(f", {label}.{role_key}': {reason}; expected {', '.join(roles)}")
+        if not isinstance(content, str):
+            reason = "missing" if content is None else f"is {_kind(content)}, expected a string"
+            problems.append(f", {label}.{content_key}': {reason}")
+        elif not content.strip():
+            problems.append(f", {label}.{content_key}': is empty; every turn needs text")
+        messages.append({"role": roles.get(role), "content": content})
+    if not problems:
+        problems.extend(_order_problems(key, messages))
+    record["messages"] = messages
+    return record, problems
+
+
+def _order_problems(key: str, messages: list[dict]) -> list[str]:
+    """The first turn out of order: system may only open; then user, assistant alternate."""
+    role_key, _, roles = CONVERSATION_FORMATS[key]
+    written = {ours: theirs for theirs, ours in roles.items()}  # our role -> the file's name
+    order = [message["role"] for message in messages]
+    if "assistant" not in order:
+        return [f", field {key!r}: no assistant turn; a conversation needs an answer to learn"]
+    offset = 1 if order[0] == "system" else 0
+    for index in range(offset, len(order)):
+        expected = ("user", "assistant")[(index - offset) % 2]
+        if order[index] != expected:
+            found, belongs = written[order[index]], written[expected]
+            return [
+                f", field '{key}[{index}].{role_key}': {found!r} where a {belongs!r} turn "
+                + "belongs; turns go: optional system, then user and assistant alternating"
+            ]
+    if order[-1] != "assistant":
+        last = written[order[-1]]
+        return [f", field {key!r}: ends with a {last!r} turn; the last turn is the answer"]
+    return []
 
 
 def _kind(value) -> str:

@@ -2,7 +2,8 @@
 
 `instructkit generate`, `chat`, `serve` and the demo all load a model this way, so a run
 directory answers in the prompt style it was trained with: the style comes from `--style`,
-else from the model directory's `instructkit.json`, else the book's alpaca format. The
+else from the model directory's `instructkit.json`, else the model's own chat template
+(a tokenizer_config.json with one), else the book's alpaca format. The
 tokenizer is the one given, else the one saved with the model, else GPT-2's.
 """
 
@@ -28,14 +29,18 @@ def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device(spec)
 
 
-def resolve_style(spec: str, style: str | None = None):
-    """The prompt style: explicit, else saved with the model, else the book's alpaca."""
+def resolve_style(spec: str, style: str | None = None, tokenizer: Any = None):
+    """The prompt style: explicit, else saved with the model, else the model's chat template
+    (when `tokenizer` has one), else the book's alpaca."""
     # The registry of styles lives with the prompts (data/); only the name is the model's.
-    from instructkit.data.prompts import get_style
+    from instructkit.data.chat_template import default_style_for
+    from instructkit.data.chat_template import resolve_style as style_by_name
 
     if style is None and Path(spec).is_dir():
         style = read_metadata(spec).get("style")
-    return get_style(style or DEFAULT_STYLE)
+    if style is None:
+        style = default_style_for(tokenizer) if tokenizer is not None else DEFAULT_STYLE
+    return style_by_name(style, tokenizer)
 
 
 def load_for_generation(
@@ -44,7 +49,6 @@ def load_for_generation(
     """(model in eval mode on `device`, tokenizer, prompt style) for a model spec."""
     from instructkit.tokenizer import load_tokenizer
 
-    prompt_style = resolve_style(spec, style)
     target = pick_device(device)
     if target.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {device} asked for, but no CUDA device is available")
@@ -55,4 +59,4 @@ def load_for_generation(
         loaded = load_tokenizer("gpt2")
         check_vocab(model, loaded, spec)
     model.to(target).eval()
-    return model, loaded, prompt_style
+    return model, loaded, resolve_style(spec, style, loaded)

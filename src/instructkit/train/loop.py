@@ -36,6 +36,7 @@ from instructkit.data import (
     load_instructions,
     split_records,
 )
+from instructkit.data.chat_template import resolve_style
 from instructkit.errors import DataError, ModelError, UserError
 from instructkit.model import load_pretrained, save_pretrained
 from instructkit.model.lora import apply_lora, count_parameters, merge_lora, save_adapter
@@ -249,8 +250,8 @@ def build_loaders(config, model, tokenizer, train_records, val_records, info) ->
         mask_prompt=config.mask_prompt,
         pack=config.pack,
     )
-    train_set = InstructionDataset(train_records, tokenizer, style=config.style)
-    val_set = InstructionDataset(val_records, tokenizer, style=config.style)
+    train_set = InstructionDataset(train_records, tokenizer, config.style, config.train_on)
+    val_set = InstructionDataset(val_records, tokenizer, train_set.style, config.train_on)
     loader_args = {
         "batch_size": config.batch_size,
         "group_by_length": config.group_by_length,
@@ -473,7 +474,8 @@ def finish(run: Run) -> RunResult:
             merge_lora(model)
         model.eval()
         model.set_dropout(run.model_dropout)  # a training choice, not part of the saved model
-        metadata = {"style": config.style, "base_model": config.model}
+        style = resolve_style(config.style, run.tokenizer).name  # None: template or alpaca
+        metadata = {"style": style, "base_model": config.model}
         save_pretrained(model, run.tokenizer, model_dir, metadata=metadata)
         plot_losses(read_metrics(run.metrics_path), run.out / "loss.png")
         run.say(f"Saved the fine-tuned model to {model_dir}")
