@@ -40,9 +40,9 @@ class KVCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
-        shape = (config.n_layers, batch_size, config.n_heads, max_length, config.head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, S, hs)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, S, hs)
+        shape = (config.n_layers, batch_size, config.n_kv_heads, max_length, config.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nkv, S, hs)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nkv, S, hs)
         self.segment_ids: torch.Tensor | None = None  # (B, S), only once a mask is needed
         self.max_length = max_length
         self.length = 0
