@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,11 +22,15 @@ from instructkit.constants import IGNORE_INDEX
 from instructkit.errors import ModelError
 from instructkit.model.config import GPTConfig
 
+if TYPE_CHECKING:
+    from instructkit.model.decoder_config import DecoderConfig
+
 
 class KVCache:
     """Keys and values of positions already seen, so decoding a token costs one position.
 
-    Preallocated per layer to `max_length` positions for a whole batch; `length` is how many
+    Preallocated per layer to `max_length` positions for a whole batch (key/value heads
+    only: with grouped-query attention fewer than the query heads); `length` is how many
     are filled (the same for every row: batched prompts of different lengths are left-padded
     and their padding marked with segment id 0, which the cache keeps beside the keys so
     later tokens never attend to it). One batch tensor beats per-row caches because every
@@ -34,7 +39,7 @@ class KVCache:
 
     def __init__(
         self,
-        config: GPTConfig,
+        config: GPTConfig | DecoderConfig,
         batch_size: int,
         max_length: int,
         device: torch.device | str | None = None,
