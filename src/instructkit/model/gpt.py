@@ -21,6 +21,7 @@ from torch import nn
 from instructkit.constants import IGNORE_INDEX
 from instructkit.errors import ModelError
 from instructkit.model.config import GPTConfig
+from instructkit.model.head_loss import head_cross_entropy
 
 if TYPE_CHECKING:
     from instructkit.model.decoder_config import DecoderConfig
@@ -283,17 +284,11 @@ class GPTModel(nn.Module):
     ) -> torch.Tensor:
         """Cross entropy over positions whose target is not -100.
 
-        The output head runs only on those positions: with prompt masking most positions
-        need no vocab-wide logits. The result equals the full computation. "sum" lets a
-        training loop divide by the target count of a whole accumulated step. With no
-        target at all the loss is 0 (still attached to the graph, so backward works).
+        The output head runs only on those positions (with prompt masking most positions
+        need no vocab-wide logits), a chunk at a time (`head_cross_entropy`); the result
+        equals the full computation. "sum" lets a training loop divide by the target count
+        of a whole accumulated step. With no target at all the loss is 0 (still attached to
+        the graph, so backward works).
         """
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         hidden = self.hidden_states(input_ids, position_ids, segment_ids)  # (B, T, C)
-        keep = targets != IGNORE_INDEX  # (B, T)
-        selected = hidden[keep]  # (N, C)
-        if selected.shape[0] == 0:
-            return hidden.sum() * 0.0
-        logits = self.lm_head(selected).float()  # (N, V)
-        return F.cross_entropy(logits, targets[keep], reduction=reduction)
+        return head_cross_entropy(hidden, self.lm_head.weight, targets, reduction)
