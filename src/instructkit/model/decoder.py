@@ -74,20 +74,18 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 class Attention(nn.Module):
     def __init__(self, config: DecoderConfig):
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = (
-            config.n_heads,
-            config.n_kv_heads,
-            config.head_dim,
-        )
+        self.n_heads = config.n_heads
+        self.n_kv_heads = config.n_kv_heads
+        self.head_dim = config.head_dim
         self.drop_rate = config.drop_rate
         q_dim, kv_dim = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
         self.q_proj = nn.Linear(config.emb_dim, q_dim, bias=config.qkv_bias)
         self.k_proj = nn.Linear(config.emb_dim, kv_dim, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.emb_dim, kv_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(q_dim, config.emb_dim, bias=config.out_bias)
-        if config.qk_norm:
-            self.q_norm = RMSNorm(config.head_dim, config.norm_eps)
-            self.k_norm = RMSNorm(config.head_dim, config.norm_eps)
+        # Qwen3 normalises every query and key head (one weight of head_dim, shared by heads).
+        self.q_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
         self.resid_drop = nn.Dropout(config.drop_rate)
 
     def forward(
@@ -102,7 +100,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, nh, hs)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hs)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hs)
-        if hasattr(self, "q_norm"):  # Qwen3: RMSNorm over each head before rotating
+        if self.q_norm is not None and self.k_norm is not None:  # before rotating
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, n, T, hs)
         cos, sin = rope

@@ -58,40 +58,57 @@ def sum_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
 
 
 class ChunkedHeadLoss(torch.autograd.Function):
-    """Summed cross entropy whose gradients are computed in the forward pass, per chunk."""
+    """Summed cross entropy whose gradients are computed in the forward pass, per chunk.
+
+    Under autocast the matmuls run in its dtype (the weight cast once, not per chunk);
+    softmax and the loss are fp32. Backward only scales the stored gradients, in place, so
+    it can run once (no `retain_graph`).
+    """
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, rows):  # hidden (N, C), weight (V, C), targets (N,)
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        total = hidden.new_zeros((), dtype=torch.float32)
-        grad_hidden = torch.empty_like(hidden) if want_hidden else None  # (N, C)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
         device = hidden.device.type
-        autocast = torch.is_autocast_enabled(device)
-        matmul_dtype = torch.get_autocast_dtype(device) if autocast else hidden.dtype
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        dtype = dtype or hidden.dtype  # the matmuls' dtype
+        hidden_mm, weight_mm = hidden.to(dtype), weight.to(dtype)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden_mm) if want_hidden else None  # (N, C)
+        grad_weight = None  # (V, C), fp32
         for start in range(0, hidden.shape[0], rows):
-            h = hidden[start : start + rows]  # (n, C)
+            h = hidden_mm[start : start + rows]  # (n, C)
             target = targets[start : start + rows]  # (n,)
-            logits = F.linear(h, weight).float()  # (n, V), the only vocabulary-wide tensor
+            logits = (h @ weight_mm.T).float()  # (n, V), the only vocabulary-wide tensor
             lse = torch.logsumexp(logits, dim=-1)  # (n,)
             total += (lse - logits.gather(1, target[:, None]).squeeze(1)).sum()
             # d(sum of losses)/d(logits) = softmax - one_hot(target), built in place
             grad = logits.sub_(lse[:, None]).exp_()  # (n, V)
             grad[torch.arange(len(target), device=grad.device), target] -= 1.0
-            grad = grad.to(matmul_dtype)  # cast once, not once per matmul
+            grad = grad.to(dtype)
             if want_hidden:
-                grad_hidden[start : start + rows] = grad @ weight.to(matmul_dtype)  # (n, C)
-            if want_weight:
-                grad_weight += grad.T @ h.to(matmul_dtype)  # (V, C)
+                torch.matmul(grad, weight_mm, out=grad_hidden[start : start + rows])  # (n, C)
+            if not want_weight:
+                continue
+            if grad_weight is None:
+                grad_weight = (grad.T @ h).float()  # (V, C)
+            elif dtype == torch.float32:
+                grad_weight.addmm_(grad.T, h)  # no (V, C) temporary
+            else:
+                grad_weight += grad.T @ h
         ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.weight_dtype = weight.dtype
+        ctx.dtypes = hidden.dtype, weight.dtype
+        ctx.used = False
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
+        if ctx.used:
+            raise RuntimeError("the chunked head loss supports one backward pass")
+        ctx.used = True
         grad_hidden, grad_weight = ctx.saved_tensors
+        hidden_dtype, weight_dtype = ctx.dtypes
         if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype)
+            grad_hidden = grad_hidden.mul_(grad_total.to(grad_hidden.dtype)).to(hidden_dtype)
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
+            grad_weight = grad_weight.mul_(grad_total).to(weight_dtype)
         return grad_hidden, grad_weight, None, None
