@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from instructkit.data import Example
+from instructkit.data.packing_check import check_packing
 from instructkit.errors import ModelError
 from instructkit.generate import generate, generate_batch
 from instructkit.model import DecoderConfig, DecoderModel, load_pretrained, save_pretrained
 from instructkit.model.lora import apply_lora, merge_lora
-from instructkit.model.packing_check import check_packing
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

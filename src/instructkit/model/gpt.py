@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from instructkit.constants import IGNORE_INDEX
 from instructkit.errors import ModelError
 from instructkit.model.config import GPTConfig
 from instructkit.model.head_loss import head_cross_entropy

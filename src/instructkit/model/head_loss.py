@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from instructkit.constants import IGNORE_INDEX
+
 CHUNK_ELEMENTS = 2**25
 """Logits per chunk (128 MB in fp32): about 220 positions of a 151,936-token vocabulary."""
 
