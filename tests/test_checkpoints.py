@@ -312,8 +312,8 @@ def test_corrupt_or_incomplete_directories_are_clear_errors(tmp_path):
     with pytest.raises(ModelError, match="no model.safetensors or pytorch_model.bin"):
         load_quietly(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
-    with pytest.raises(ModelError, match="only gpt2 is supported"):
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "mistral"}))
+    with pytest.raises(ModelError, match="model_type is 'mistral'; supported: gpt2, llama"):
         load_quietly(tmp_path)
     (tmp_path / "config.json").unlink()
     with pytest.raises(ModelError, match="no config.json; expected a directory holding"):

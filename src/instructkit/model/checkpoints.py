@@ -1,10 +1,12 @@
-"""Weights in and out: Hugging Face GPT-2 directories, the hub, the book's state dicts.
+"""Weights in and out: Hugging Face directories, the hub, the book's state dicts.
 
-`load_pretrained(spec)` turns any supported model spec into a `GPTModel` (and the tokenizer
-saved beside it); `save_pretrained` writes the Hugging Face GPT-2 layout, so
-`transformers.AutoModelForCausalLM.from_pretrained(dir)` loads a fine-tuned model. GPTModel's
-layer names are GPT-2's, so conversion is a rename plus a transpose of the matrices that
-GPT-2 stores as `Conv1D` (input-major); every problem names the tensor and the file.
+`load_pretrained(spec)` turns any supported model spec into a `GPTModel` or, for Llama /
+Qwen2 / Qwen3 directories, a `DecoderModel` (and the tokenizer saved beside it);
+`save_pretrained` writes the same Hugging Face layout back, so
+`transformers.AutoModelForCausalLM.from_pretrained(dir)` loads a fine-tuned model. Layer
+names are Hugging Face's, so conversion is a rename (plus, for GPT-2, a transpose of the
+matrices it stores as `Conv1D`, input-major); every problem names the tensor and the file.
+What the families' `config.json` fields mean is `decoder_checkpoints`'s business.
 """
 
 from __future__ import annotations
@@ -20,8 +22,14 @@ import torch
 
 from instructkit.errors import ModelError
 from instructkit.files import atomic_path, staging_directory, write_json
+from instructkit.model import decoder_checkpoints as families
+from instructkit.model.book_checkpoint import book_weights
 from instructkit.model.config import PRESETS, GPTConfig
+from instructkit.model.decoder import DecoderModel
+from instructkit.model.decoder_config import DECODER_PRESETS, DecoderConfig
 from instructkit.model.gpt import GPTModel
+
+Model = GPTModel | DecoderModel
 
 HUB_ALIASES = {
     "gpt2": "openai-community/gpt2",
@@ -34,6 +42,9 @@ HUB_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 TOKENIZER_FILES = ["tokenizer.json", "vocab.json", "merges.txt"]
 HUB_FILES = [
     "config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
     "model.safetensors",
     "model.safetensors.index.json",
     "model-*.safetensors",
@@ -41,9 +52,11 @@ HUB_FILES = [
 ]
 METADATA_FILE = "instructkit.json"
 LAYOUT = (
-    "a directory holding config.json (GPT-2 fields), model.safetensors (or "
-    "pytorch_model.bin) and tokenizer files (vocab.json + merges.txt, or tokenizer.json)"
+    "a directory holding config.json (GPT-2, Llama, Qwen2 or Qwen3), model.safetensors "
+    "(or sharded model-*.safetensors with model.safetensors.index.json, or pytorch_model.bin) "
+    "and tokenizer files (tokenizer.json, or vocab.json + merges.txt)"
 )
+SHARD_BYTES = 5 * 2**30  # transformers' default max_shard_size
 # Matrices GPT-2 stores as Conv1D (in_features, out_features): transposed versus nn.Linear.
 CONV1D_SUFFIXES = (
     "attn.c_attn.weight",
@@ -63,14 +76,17 @@ def load_pretrained(
     seed: int = 0,
     *,
     n_heads: int | None = None,
-) -> tuple[GPTModel, Any]:
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Model, Any]:
     """Load a model from `spec` and return `(model, tokenizer or None)`, model in eval mode.
 
-    spec: a hub id or GPT-2 size (`gpt2`, `gpt2-medium`, `openai-community/gpt2-large`), a
-    Hugging Face GPT-2 directory, a run directory (its `model/`), `random:PRESET` (seeded
-    GPT-2 initialisation), or a `.pth` state dict of the book's GPTModel. `tokenizer` (a
+    spec: a hub id or GPT-2 size (`gpt2`, `gpt2-medium`, `Qwen/Qwen3-0.6B`), a Hugging Face
+    directory (GPT-2, Llama, Qwen2, Qwen3), a run directory (its `model/`), `random:PRESET`
+    (seeded initialisation), or a `.pth` state dict of the book's GPTModel. `tokenizer` (a
     spec for `load_tokenizer` or a tokenizer) overrides the one stored with the model.
-    `n_heads` is needed only for a book state dict whose size matches no preset.
+    `n_heads` is needed only for a book state dict whose size matches no preset. Llama and
+    Qwen weights (often bf16 on disk) are loaded as `dtype`: fp32 master weights for
+    training by default. Their end ids (`generation_config.json`) are `model.eos_ids`.
     """
     spec = str(spec)
     given = resolve_tokenizer(tokenizer)
@@ -80,44 +96,69 @@ def load_pretrained(
     path = Path(spec).expanduser()
     if path.is_dir():
         directory = model_directory(path)
-        model = load_hf_directory(directory)
+        model = load_hf_directory(directory, dtype)
         found = given if given is not None else directory_tokenizer(directory)
     elif path.is_file():
-        model, found = load_book_state_dict(path, n_heads), given
+        config, native, names = book_weights(read_torch_file(path), path, n_heads)
+        model, found = build_model(config, native, path, names), given
     elif spec in HUB_ALIASES or HUB_REPO_ID.match(spec):
         directory = download(HUB_ALIASES.get(spec, spec))
-        model = load_hf_directory(directory)
+        model = load_hf_directory(directory, dtype)
         found = given if given is not None else directory_tokenizer(directory)
     else:
         raise ModelError(
             f"model {spec!r} is not a file, a directory, random:PRESET (presets: "
-            f"{', '.join(PRESETS)}) or a hub id (e.g. {', '.join(HUB_ALIASES)})"
+            f"{', '.join([*PRESETS, *DECODER_PRESETS])}) or a hub id "
+            f"(e.g. {', '.join(HUB_ALIASES)}, Qwen/Qwen3-0.6B)"
         )
     check_vocab(model, found, spec)
     return model.eval(), found
 
 
 def save_pretrained(
-    model: GPTModel,
+    model: Model,
     tokenizer: Any,
     directory: str | os.PathLike,
     metadata: dict | None = None,
 ) -> Path:
-    """Write `model` in the Hugging Face GPT-2 layout (plus `instructkit.json` metadata).
+    """Write `model` in its Hugging Face layout (plus `instructkit.json` metadata): GPT-2's,
+    or for a DecoderModel its family's class, config fields and end ids.
 
     The directory is built beside its destination and renamed into place, so a crash never
     leaves a half-written model where a complete one was.
     """
-    from safetensors.torch import save_file
-
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    config: GPTConfig = model.config
-    tensors = to_hf_state_dict(model)
+    dtype = next(model.parameters()).dtype
+    if isinstance(model, DecoderModel):
+        tensors = decoder_state_dict(model)
+        eos_ids = list(model.eos_ids)
+        if not eos_ids and getattr(tokenizer, "eos_id", None) is not None:
+            eos_ids = [tokenizer.eos_id]
+        configs = {"config.json": families.config_to_hf(model.config, dtype, eos_ids)}
+        if eos_ids:
+            configs[families.GENERATION_CONFIG] = families.generation_config(eos_ids)
+    else:
+        tensors = to_hf_state_dict(model)
+        configs = {"config.json": gpt2_config(model.config, tokenizer, dtype)}
+    target = Path(directory)
+    if target.exists() and not target.is_dir():
+        raise ModelError(f"{target}: exists and is not a directory")
+    with staging_directory(target) as staging:
+        write_safetensors(staging, tensors)
+        for name, content in configs.items():
+            write_json(staging / name, content, sort_keys=True)
+        write_json(staging / METADATA_FILE, dict(metadata or {}), sort_keys=True)
+        if tokenizer is not None:
+            tokenizer.save(staging)
+    return target
+
+
+def gpt2_config(config: GPTConfig, tokenizer: Any, dtype: torch.dtype) -> dict:
+    """GPT-2's `config.json` for `config`."""
     eos_id = getattr(tokenizer, "eos_id", None)
     if eos_id is None and config.vocab_size == 50257:
         eos_id = 50256
-    dtype = next(model.parameters()).dtype
-    hf_config = {
+    return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
         "vocab_size": config.vocab_size,
@@ -142,17 +183,39 @@ def save_pretrained(
         "torch_dtype": str(dtype).removeprefix("torch."),
         "use_cache": True,
     }
-    target = Path(directory)
-    if target.exists() and not target.is_dir():
-        raise ModelError(f"{target}: exists and is not a directory")
-    with staging_directory(target) as staging:
-        with atomic_path(staging / "model.safetensors") as weights:
-            save_file(tensors, str(weights), metadata={"format": "pt"})
-        write_json(staging / "config.json", hf_config, sort_keys=True)
-        write_json(staging / METADATA_FILE, dict(metadata or {}), sort_keys=True)
-        if tokenizer is not None:
-            tokenizer.save(staging)
-    return target
+
+
+def write_safetensors(
+    directory: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: int = SHARD_BYTES
+) -> None:
+    """`model.safetensors`, or shards of at most `max_shard_bytes` plus the index
+    transformers reads (`model-00001-of-00003.safetensors`, ...)."""
+    from safetensors.torch import save_file
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    files = ["model.safetensors"] if len(shards) == 1 else [
+        f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        for number in range(1, len(shards) + 1)
+    ]  # fmt: skip
+    for file, shard in zip(files, shards):
+        with atomic_path(directory / file) as path:
+            save_file(shard, str(path), metadata={"format": "pt"})
+    if len(shards) > 1:
+        weight_map = {name: file for file, shard in zip(files, shards) for name in shard}
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        write_json(
+            directory / "model.safetensors.index.json",
+            {"metadata": {"total_size": total}, "weight_map": weight_map},
+            sort_keys=True,
+        )
 
 
 def read_metadata(directory: str | os.PathLike) -> dict:
@@ -205,7 +268,9 @@ def directory_tokenizer(directory: Path) -> Any:
     return load_tokenizer(str(directory))
 
 
-def check_vocab(model: GPTModel, tokenizer: Any, spec: str) -> None:
+def check_vocab(model: Model, tokenizer: Any, spec: str) -> None:
+    """A model vocabulary larger than the tokenizer's is fine (Llama's and Qwen's are
+    padded); a smaller one would embed ids that do not exist."""
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise ModelError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but model {spec!r} only "
@@ -213,13 +278,17 @@ def check_vocab(model: GPTModel, tokenizer: Any, spec: str) -> None:
         )
 
 
-def random_model(preset: str, tokenizer: Any, seed: int) -> GPTModel:
-    """A preset's shape with GPT-2's initialisation, reproducible from `seed`."""
+def random_model(preset: str, tokenizer: Any, seed: int) -> Model:
+    """A preset's shape with its family's initialisation, reproducible from `seed`."""
     overrides = {"vocab_size": tokenizer.vocab_size} if tokenizer is not None else {}
-    config = GPTConfig.preset(preset, **overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return GPTModel(config).eval()
+        if preset in DECODER_PRESETS:
+            model = DecoderModel(DecoderConfig.preset(preset, **overrides))
+            if tokenizer is not None:
+                model.eos_ids = [tokenizer.eos_id]
+            return model.eval()
+        return GPTModel(GPTConfig.preset(preset, **overrides)).eval()
 
 
 def download(repo_id: str) -> Path:
@@ -238,8 +307,7 @@ def download(repo_id: str) -> Path:
         ) from error
 
 
-def read_hf_config(directory: Path) -> GPTConfig:
-    """GPTConfig from a GPT-2 `config.json`, refusing variants GPTModel does not compute."""
+def read_config_json(directory: Path) -> dict:
     path = directory / "config.json"
     if not path.exists():
         raise ModelError(f"{directory}: no config.json; expected {LAYOUT}")
@@ -247,9 +315,18 @@ def read_hf_config(directory: Path) -> GPTConfig:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelError(f"{path}: cannot read: {error}") from error
+    if not isinstance(raw, dict):
+        raise ModelError(f"{path}: not a JSON object")
+    return raw
+
+
+def gpt2_config_from_hf(raw: dict, path: Path) -> GPTConfig:
+    """GPTConfig from a GPT-2 `config.json`, refusing variants GPTModel does not compute."""
     problems = []
     if raw.get("model_type", "gpt2") != "gpt2":
-        problems.append(f"{path}: model_type is {raw['model_type']!r}; only gpt2 is supported")
+        problems.append(
+            f"{path}: model_type is {raw['model_type']!r}; supported: gpt2, llama, qwen2, qwen3"
+        )
     missing = [key for key in ("vocab_size", "n_embd", "n_layer", "n_head") if key not in raw]
     if "n_positions" not in raw and "n_ctx" not in raw:
         missing.append("n_positions")
@@ -280,13 +357,22 @@ def read_hf_config(directory: Path) -> GPTConfig:
     )
 
 
-def read_hf_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """All tensors of a GPT-2 directory (single or sharded safetensors, or a .bin)."""
+def read_hf_weights(
+    directory: Path, dtype: torch.dtype | None = None
+) -> tuple[dict[str, torch.Tensor], Path]:
+    """All tensors of a model directory (single or sharded safetensors, or a .bin), floating
+    ones converted to `dtype` (if given) shard by shard, so only one shard is ever held twice."""
+
+    def convert(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if dtype is None:
+            return tensors
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+
     single = directory / "model.safetensors"
     index = directory / "model.safetensors.index.json"
     legacy = directory / "pytorch_model.bin"
     if single.exists():
-        return read_safetensors(single), single
+        return convert(read_safetensors(single)), single
     if index.exists():
         try:
             shards = sorted(
@@ -296,10 +382,10 @@ def read_hf_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
             raise ModelError(f"{index}: cannot read the shard index: {error}") from error
         tensors = {}
         for shard in shards:
-            tensors.update(read_safetensors(directory / shard))
+            tensors.update(convert(read_safetensors(directory / shard)))
         return tensors, index
     if legacy.exists():
-        return read_torch_file(legacy), legacy
+        return convert(read_torch_file(legacy)), legacy
     raise ModelError(f"{directory}: no model.safetensors or pytorch_model.bin; expected {LAYOUT}")
 
 
@@ -334,8 +420,21 @@ def strip_wrappers(name: str) -> str:
     return name
 
 
-def load_hf_directory(directory: Path) -> GPTModel:
-    config = read_hf_config(directory)
+def load_hf_directory(directory: Path, dtype: torch.dtype = torch.float32) -> Model:
+    """The model of a Hugging Face directory: Llama / Qwen families in `dtype`, GPT-2 as
+    stored."""
+    raw = read_config_json(directory)
+    if families.decoder_family(raw) is not None:
+        config = families.config_from_hf(raw, directory / "config.json")
+        tensors, source = read_hf_weights(directory, dtype)
+        renames = families.native_names(tensors, config)
+        native = {new: tensors[old] for old, new in renames.items()}
+        names = {new: old for old, new in renames.items()}
+        names.update({n: families.hf_name(n) for n in expected_shapes(config) if n not in names})
+        model = build_model(config, native, source, names)
+        model.eos_ids = families.read_eos_ids(directory, raw)
+        return model
+    config = gpt2_config_from_hf(raw, directory / "config.json")
     tensors, source = read_hf_weights(directory)
     native, names = {}, {}
     for original, tensor in tensors.items():
@@ -351,24 +450,29 @@ def load_hf_directory(directory: Path) -> GPTModel:
     return build_model(config, native, source, names, transposed=CONV1D_SUFFIXES)
 
 
-def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+def empty_model(config: GPTConfig | DecoderConfig) -> Model:
+    """The model for `config` on the meta device: shapes without memory."""
     with torch.device("meta"):
-        model = GPTModel(config)
-    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        return DecoderModel(config) if isinstance(config, DecoderConfig) else GPTModel(config)
+
+
+def expected_shapes(config: GPTConfig | DecoderConfig) -> dict[str, tuple[int, ...]]:
+    shapes = {name: tuple(t.shape) for name, t in empty_model(config).state_dict().items()}
     if config.tie_embeddings:
         del shapes["lm_head.weight"]
     return shapes
 
 
 def build_model(
-    config: GPTConfig,
+    config: GPTConfig | DecoderConfig,
     native: dict[str, torch.Tensor],
     source: Path,
     names: dict[str, str],
     transposed: tuple[str, ...] = (),
-) -> GPTModel:
-    """GPTModel holding `native` (GPTModel names); every bad tensor is reported under its
-    name in the file (`names`), with shapes as stored there (`transposed` suffixes)."""
+) -> Model:
+    """The model holding `native` (its own tensor names); every bad tensor is reported under
+    its name in the file (`names`), with shapes as stored there (`transposed` suffixes).
+    The tensors become the parameters (no copy: a model is held in memory once)."""
     shapes = expected_shapes(config)
 
     def stored(name: str, shape: tuple[int, ...]) -> list[int]:
@@ -394,14 +498,31 @@ def build_model(
         if len(problems) > MAX_PROBLEMS:
             shown.append(f"{source}: ... and {len(problems) - MAX_PROBLEMS} more tensor problems")
         raise ModelError(shown)
-    with torch.device("meta"):
-        model = GPTModel(config)
-    model = model.to_empty(device="cpu")
+    model = empty_model(config)
+    native = {name: tensor.contiguous() for name, tensor in native.items()}
+    embedding = "embed_tokens.weight" if isinstance(model, DecoderModel) else "wte.weight"
     if config.tie_embeddings:
-        model.lm_head.weight = model.wte.weight
-        native = {**native, "lm_head.weight": native["wte.weight"]}
-    model.load_state_dict(native)
+        native["lm_head.weight"] = native[embedding]
+    model.load_state_dict(native, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.get_parameter(embedding)
     return model
+
+
+def decoder_state_dict(model: DecoderModel) -> dict[str, torch.Tensor]:
+    """Hugging Face names (`model.` prefix), contiguous CPU copies ready for safetensors."""
+    expected = expected_shapes(model.config)
+    hf = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and model.config.tie_embeddings:
+            continue
+        if name not in expected:
+            raise ModelError(
+                f"cannot save tensor {name!r}: not part of a {model.config.family} model "
+                "(merge LoRA adapters into the model before saving it)"
+            )
+        hf[families.hf_name(name)] = tensor.detach().cpu().contiguous().clone()
+    return hf
 
 
 def to_hf_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
@@ -424,112 +545,3 @@ def to_hf_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
         if name.endswith("attn.c_attn.weight") and not config.qkv_bias:
             hf[hf_name.replace(".weight", ".bias")] = tensor.new_zeros(3 * config.emb_dim)
     return hf
-
-
-BOOK_LAYER = re.compile(r"^trf_blocks\.(\d+)\.")
-
-
-def load_book_state_dict(path: Path, n_heads: int | None) -> GPTModel:
-    """A state dict saved by the book's GPTModel (`torch.save(model.state_dict(), ...)`).
-
-    Sizes come from the tensors; the head count does not show in any shape, so it comes from
-    the preset with the same width and depth, or from `n_heads`.
-    """
-    book = read_torch_file(path)
-    problems = [
-        f"{path}: missing tensor {name!r}"
-        for name in ("tok_emb.weight", "pos_emb.weight")
-        if name not in book
-    ]
-    if problems:
-        raise ModelError(problems + [f"{path}: not a state dict of the book's GPTModel"])
-    vocab_size, emb_dim = book["tok_emb.weight"].shape
-    context_length = book["pos_emb.weight"].shape[0]
-    layers = {int(m.group(1)) for name in book if (m := BOOK_LAYER.match(name))}
-    n_layers = max(layers) + 1 if layers else 0
-    if n_heads is None:
-        matches = [
-            c.n_heads for c in PRESETS.values() if (c.emb_dim, c.n_layers) == (emb_dim, n_layers)
-        ]
-        if not matches:
-            raise ModelError(
-                f"{path}: cannot tell the number of attention heads of a model with emb_dim "
-                f"{emb_dim} and {n_layers} layers (no preset matches); pass n_heads"
-            )
-        n_heads = matches[0]
-    out_head = book.get("out_head.weight")
-    tied = out_head is not None and torch.equal(out_head, book["tok_emb.weight"])
-    config = GPTConfig(
-        vocab_size=vocab_size,
-        context_length=context_length,
-        emb_dim=emb_dim,
-        n_heads=n_heads,
-        n_layers=n_layers,
-        qkv_bias="trf_blocks.0.att.W_query.bias" in book,
-        tie_embeddings=tied,
-    )
-    native, names = book_to_native(book, n_layers, tied, path)
-    return build_model(config, native, path, names)
-
-
-def book_to_native(
-    book: dict[str, torch.Tensor], n_layers: int, tied: bool, path: Path
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The book's tensors under GPTModel names (its separate W_query/W_key/W_value fused
-    into c_attn), and each GPTModel name's name in the book."""
-    renames = {
-        "tok_emb.weight": "wte.weight",
-        "pos_emb.weight": "wpe.weight",
-        "final_norm.scale": "ln_f.weight",
-        "final_norm.shift": "ln_f.bias",
-    }
-    if not tied:
-        renames["out_head.weight"] = "lm_head.weight"
-    block = {
-        "att.out_proj.weight": "attn.c_proj.weight",
-        "att.out_proj.bias": "attn.c_proj.bias",
-        "ff.layers.0.weight": "mlp.c_fc.weight",
-        "ff.layers.0.bias": "mlp.c_fc.bias",
-        "ff.layers.2.weight": "mlp.c_proj.weight",
-        "ff.layers.2.bias": "mlp.c_proj.bias",
-        "norm1.scale": "ln_1.weight",
-        "norm1.shift": "ln_1.bias",
-        "norm2.scale": "ln_2.weight",
-        "norm2.shift": "ln_2.bias",
-    }
-    for i in range(n_layers):
-        renames.update({f"trf_blocks.{i}.{k}": f"h.{i}.{v}" for k, v in block.items()})
-    names = {new: old for old, new in renames.items()}
-    native, used = {}, set()
-    for old, new in renames.items():
-        if old in book:
-            native[new] = book[old]
-            used.add(old)
-    problems = []
-    for i in range(n_layers):
-        for kind in ("weight", "bias"):
-            qkv = [f"trf_blocks.{i}.att.W_{part}.{kind}" for part in ("query", "key", "value")]
-            present = [name for name in qkv if name in book]
-            if kind == "bias" and not present:
-                continue  # qkv_bias=False
-            fused = f"h.{i}.attn.c_attn.{kind}"
-            names[fused] = f"trf_blocks.{i}.att.W_query/W_key/W_value.{kind} (stacked)"
-            problems += [f"{path}: missing tensor {name!r}" for name in qkv if name not in book]
-            if len(present) < 3:
-                continue
-            parts = [book[name] for name in qkv]
-            if len({tuple(part.shape) for part in parts}) != 1:
-                shapes = ", ".join(f"{n} {list(p.shape)}" for n, p in zip(qkv, parts))
-                problems.append(f"{path}: query/key/value tensors differ in shape: {shapes}")
-            else:
-                native[fused] = torch.cat(parts, dim=0)  # (3C, C) or (3C,)
-            used.update(qkv)
-    if problems:
-        raise ModelError(problems)
-    if tied:
-        used.add("out_head.weight")
-    for name, tensor in book.items():
-        if name in used or name.endswith(".att.mask"):  # the book's causal-mask buffer
-            continue
-        native[name] = tensor  # reported as unexpected by build_model
-    return native, names

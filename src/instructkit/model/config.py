@@ -56,6 +56,11 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.emb_dim // self.n_heads
 
+    @property
+    def n_kv_heads(self) -> int:
+        """Key/value heads (what a KV cache holds): every head, GPT-2 has no grouping."""
+        return self.n_heads
+
     @classmethod
     def preset(cls, name: str, **overrides: object) -> GPTConfig:
         """A copy of the preset `name` with any fields replaced by `overrides`."""

@@ -12,20 +12,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from instructkit.constants import IGNORE_INDEX
 from instructkit.errors import ModelError
 from instructkit.model.config import GPTConfig
+from instructkit.model.head_loss import head_cross_entropy
+
+if TYPE_CHECKING:
+    from instructkit.model.decoder_config import DecoderConfig
 
 
 class KVCache:
     """Keys and values of positions already seen, so decoding a token costs one position.
 
-    Preallocated per layer to `max_length` positions for a whole batch; `length` is how many
+    Preallocated per layer to `max_length` positions for a whole batch (key/value heads
+    only: with grouped-query attention fewer than the query heads); `length` is how many
     are filled (the same for every row: batched prompts of different lengths are left-padded
     and their padding marked with segment id 0, which the cache keeps beside the keys so
     later tokens never attend to it). One batch tensor beats per-row caches because every
@@ -34,15 +39,15 @@ class KVCache:
 
     def __init__(
         self,
-        config: GPTConfig,
+        config: GPTConfig | DecoderConfig,
         batch_size: int,
         max_length: int,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
-        shape = (config.n_layers, batch_size, config.n_heads, max_length, config.head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, S, hs)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, S, hs)
+        shape = (config.n_layers, batch_size, config.n_kv_heads, max_length, config.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nkv, S, hs)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nkv, S, hs)
         self.segment_ids: torch.Tensor | None = None  # (B, S), only once a mask is needed
         self.max_length = max_length
         self.length = 0
@@ -278,17 +283,11 @@ class GPTModel(nn.Module):
     ) -> torch.Tensor:
         """Cross entropy over positions whose target is not -100.
 
-        The output head runs only on those positions: with prompt masking most positions
-        need no vocab-wide logits. The result equals the full computation. "sum" lets a
-        training loop divide by the target count of a whole accumulated step. With no
-        target at all the loss is 0 (still attached to the graph, so backward works).
+        The output head runs only on those positions (with prompt masking most positions
+        need no vocab-wide logits), a chunk at a time (`head_cross_entropy`); the result
+        equals the full computation. "sum" lets a training loop divide by the target count
+        of a whole accumulated step. With no target at all the loss is 0 (still attached to
+        the graph, so backward works).
         """
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         hidden = self.hidden_states(input_ids, position_ids, segment_ids)  # (B, T, C)
-        keep = targets != IGNORE_INDEX  # (B, T)
-        selected = hidden[keep]  # (N, C)
-        if selected.shape[0] == 0:
-            return hidden.sum() * 0.0
-        logits = self.lm_head(selected).float()  # (N, V)
-        return F.cross_entropy(logits, targets[keep], reduction=reduction)
+        return head_cross_entropy(hidden, self.lm_head.weight, targets, reduction)

@@ -63,10 +63,11 @@ class LinearWithLoRA(nn.Module):
 
 
 def lora_targets(model: nn.Module) -> list[str]:
-    """Qualified names of the linear layers to adapt: those inside the transformer blocks.
+    """Qualified names of the linear layers to adapt: those inside the transformer blocks
+    (GPT-2's c_attn/c_proj/c_fc; Llama's and Qwen's q/k/v/o and gate/up/down projections).
 
     The output head (and anything mapping onto the vocabulary) stays as it is, so the
-    merged model keeps GPT-2's layout and the tied-embedding convention of any loader.
+    merged model keeps its Hugging Face layout and the tied-embedding convention of any loader.
     """
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     return [
