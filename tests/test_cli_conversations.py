@@ -78,7 +78,7 @@ def test_finetune_on_conversations_trains_the_chosen_tokens(tmp_path, train_on, 
     )
 
     # generate and its test split go through the template saved with the run
-    from instructkit.model.loading import load_for_generation
+    from instructkit.loading import load_for_generation
 
     _, _, style = load_for_generation(str(out))
     assert style.prompt({"instruction": "Hi", "input": ""}) == reference.apply_chat_template(

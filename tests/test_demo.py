@@ -118,8 +118,8 @@ def test_report_has_config_plot_table_and_examples(run_dir):
 
 
 def test_saved_model_loads_and_gave_the_scored_responses(run_dir):
+    from instructkit.loading import resolve_style
     from instructkit.model import load_pretrained
-    from instructkit.model.loading import resolve_style
     from instructkit.responses import generate_responses
 
     model, tokenizer = load_pretrained(run_dir / "model")

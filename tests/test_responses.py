@@ -11,9 +11,9 @@ import instructkit.generate as generation
 from instructkit.cli import main
 from instructkit.data import get_style, split_shuffled
 from instructkit.errors import DataError, UserError
+from instructkit.loading import load_for_generation, resolve_style
 from instructkit.model import GPTConfig, GPTModel
 from instructkit.model.checkpoints import save_pretrained
-from instructkit.model.loading import load_for_generation, resolve_style
 from instructkit.responses import RESPONSE_KEY, generate_responses, load_responses
 from instructkit.tokenizer import train_tokenizer
 

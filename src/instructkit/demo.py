@@ -298,7 +298,7 @@ def finetune_config(data: DemoData, plan: DemoPlan, seed: int) -> FinetuneConfig
 def answer_trained(data: DemoData, progress: bool) -> tuple[Any, list[dict]]:
     """The fine-tuned model and its responses, generated from the saved model/ as
     `instructkit generate --model RUN` would."""
-    from instructkit.model.loading import load_for_generation
+    from instructkit.loading import load_for_generation
 
     model, tokenizer, style = load_for_generation(str(data.out_dir), device="cpu")
     return model, answer_test(model, tokenizer, style, data, "responses.json", progress)

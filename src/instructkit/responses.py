@@ -7,7 +7,7 @@ records with `model_response` added: the format of the book's
 `instruction-data-with-response.json`. Progress is saved after every batch to
 `OUT.partial`, together with the settings that produced it, so an interrupted run
 resumes without redoing finished records; the final file is written atomically and the
-progress file removed. Loading the model is `instructkit.model.loading`'s job.
+progress file removed. Loading the model is `instructkit.loading`'s job.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from instructkit.generate import stream
-    from instructkit.model.loading import load_for_generation
+    from instructkit.loading import load_for_generation
 
     config = generation_config(args)  # bad values fail before the model loads
     model, tokenizer, style = load_for_generation(

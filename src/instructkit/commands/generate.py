@@ -70,7 +70,7 @@ def training_split(model: str) -> tuple[str, int]:
 
 def run(args: argparse.Namespace) -> int:
     from instructkit.data import load_instructions, split_records
-    from instructkit.model.loading import load_for_generation
+    from instructkit.loading import load_for_generation
     from instructkit.responses import generate_responses, respond
 
     config = generation_config(args)  # bad values fail before the model loads

@@ -47,7 +47,7 @@ def load_engine(
     config: GenerationConfig | None = None,
 ) -> Engine:
     """An engine for a model spec; `config` holds the defaults of requests that set nothing."""
-    from instructkit.model.loading import load_for_generation
+    from instructkit.loading import load_for_generation
 
     model, tok, prompt_style = load_for_generation(
         spec, style=style, tokenizer=tokenizer, device=device

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from instructkit.model.loading import pick_device
+from instructkit.loading import pick_device
 
 
 @dataclass(frozen=True)

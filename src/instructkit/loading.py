@@ -1,4 +1,5 @@
-"""A model ready to generate: weights, tokenizer and prompt style from one spec, on a device.
+"""A model ready to generate: weights (model/), tokenizer and prompt style (data/) from one
+spec, on a device. It sits above both packages, so model/ never imports data/.
 
 `instructkit generate`, `chat`, `serve` and the demo all load a model this way, so a run
 directory answers in the prompt style it was trained with: the style comes from `--style`,
@@ -14,6 +15,8 @@ from typing import Any
 
 import torch
 
+from instructkit.data.chat_template import default_style_for
+from instructkit.data.chat_template import resolve_style as style_by_name
 from instructkit.errors import UserError
 from instructkit.model.checkpoints import check_vocab, load_pretrained, read_metadata
 
@@ -32,10 +35,6 @@ def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
 def resolve_style(spec: str, style: str | None = None, tokenizer: Any = None):
     """The prompt style: explicit, else saved with the model, else the model's chat template
     (when `tokenizer` has one), else the book's alpaca."""
-    # The registry of styles lives with the prompts (data/); only the name is the model's.
-    from instructkit.data.chat_template import default_style_for
-    from instructkit.data.chat_template import resolve_style as style_by_name
-
     if style is None and Path(spec).is_dir():
         style = read_metadata(spec).get("style")
     if style is None:
