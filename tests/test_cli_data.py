@@ -12,6 +12,7 @@ import tiktoken
 
 from instructkit import cli
 from instructkit.data import InstructionDataset, format_input, load_instructions
+from instructkit.data.builtin import write_builtin
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -208,14 +209,14 @@ def test_a_missing_tokenizer_file_is_an_error(capsys, example_records_path, tmp_
 
 
 def test_builtin_writes_a_loadable_file(capsys, tmp_path):
-    builtin = pytest.importorskip("instructkit.data.builtin")
-    if not hasattr(builtin, "write_builtin"):
-        pytest.skip("instructkit.data.builtin.write_builtin not available")
     out_file = tmp_path / "builtin.json"
     code, out, _ = run(capsys, "builtin", "--out", out_file, "--seed", "1")
     assert code == 0
     count = len(json.loads(out_file.read_text()))
     assert out.strip() == f"wrote {count} records to {out_file}"
+    assert len(load_instructions(out_file)) == count > 0  # valid records
+    write_builtin(tmp_path / "again.json", seed=1)
+    assert (tmp_path / "again.json").read_bytes() == out_file.read_bytes()  # seeded
 
 
 def test_help_shows_defaults(capsys):

@@ -239,11 +239,27 @@ def test_each_packed_segment_equals_the_example_collated_alone(examples, limit, 
     assert packed.num_records == len(examples)
 
 
-def test_batch_to_and_pin_memory_keep_metadata():
+def test_batch_to_and_pin_memory_keep_metadata(monkeypatch):
     result = InstructionCollator(PAD, pack=True)([[1, 2], [3]])
     moved = result.to("cpu")
     assert torch.equal(moved.position_ids, result.position_ids)
     assert (moved.num_records, moved.num_real_tokens) == (2, 3)
+
+    # Pinning needs an accelerator; record which tensors a DataLoader would have pinned.
+    pinned = []
+
+    def pin(tensor):
+        pinned.append(tensor)
+        return tensor.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    kept = result.pin_memory()
+    assert isinstance(kept, Batch)
+    tensors = [result.input_ids, result.targets, result.position_ids, result.segment_ids]
+    assert len(pinned) == 4 and all(a is b for a, b in zip(pinned, tensors))
+    for name in ("input_ids", "targets", "position_ids", "segment_ids"):
+        assert torch.equal(getattr(kept, name), getattr(result, name)), name
+    assert (kept.num_records, kept.num_truncated, kept.num_real_tokens) == (2, 0, 3)
 
 
 def test_empty_examples_are_refused():
