@@ -15,7 +15,11 @@ from instructkit.cli import COMMANDS, build_parser
 def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "instructkit", *args],
-        capture_output=True, text=True, timeout=120, check=False, **kwargs,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        **kwargs,
     )
 
 

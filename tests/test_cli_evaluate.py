@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 from fake_servers import FakeJudge, free_socket
+from shared_data import SHARED_DATA
 
 from instructkit.cli import main
 from instructkit.evaluate.judge import judge_prompt
 
-BOOK_RESPONSES = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data-with-response.json"
-)
+BOOK_RESPONSES = SHARED_DATA / "instruction-data-with-response.json"
 
 
 def write_records(path: Path, n: int) -> list[dict]:

@@ -11,6 +11,7 @@ step pre-hook, so the tests do not depend on how the loop is split into function
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import random
 from pathlib import Path
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_loss_plot")
 def no_loss_plot(monkeypatch):
     """loss.png takes matplotlib seconds per run and is tested in test_plots.py."""
     monkeypatch.setattr("instructkit.plots.plot_losses", lambda rows, path, **kw: Path(path))
+
 
 RESPONSE_HEADER = "\n\n### Response:\n"  # the book's, section 7.2
 
@@ -233,9 +235,9 @@ def embedded_batches(vocab_size: int):
     batches = []
 
     def hook(module, args):
-        if isinstance(module, torch.nn.Embedding) and module.num_embeddings == vocab_size:
-            if module.training:
-                batches.append(args[0].clone())
+        embedding = isinstance(module, torch.nn.Embedding) and module.num_embeddings == vocab_size
+        if embedding and module.training:
+            batches.append(args[0].clone())
 
     return batches, torch.nn.modules.module.register_module_forward_pre_hook(hook)
 
@@ -262,8 +264,8 @@ def test_mask_prompt_and_bf16_flags_reach_the_step(tokenizer, tmp_path):
         rows = run_cli(tmp_path, tokenizer, records, "bf16", "--mask-prompt", "--precision", "bf16")
     finally:
         handle.remove()
-    masked = sum(len(ids) - (prompt - 1) for ids, prompt in map(
-        lambda r: encode_record(r, tokenizer), train_split(records)))  # fmt: skip
+    encoded = [encode_record(r, tokenizer) for r in train_split(records)]
+    masked = sum(len(ids) - (prompt - 1) for ids, prompt in encoded)
     assert rows[1]["tokens_seen"] == masked
     training = [call for call in calls if call[0]]
     assert training and all(call[1:] == (True, torch.bfloat16, torch.bfloat16) for call in training)
@@ -331,9 +333,9 @@ def test_resume_from_an_epoch_boundary_is_bitwise_an_uninterrupted_run(tokenizer
     per_step = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").open()]
     logged = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").open()]
     assert [row["step"] for row in logged] == [0, 3, 4, 6, 8]
-    for before, row in zip(logged, logged[1:]):
+    tokens = [s["tokens_seen"] - p["tokens_seen"] for p, s in itertools.pairwise(per_step)]
+    for before, row in itertools.pairwise(logged):
         steps = per_step[before["step"] + 1 : row["step"] + 1]
-        tokens = [s["tokens_seen"] - p["tokens_seen"] for p, s in zip(per_step, per_step[1:])]
         window = tokens[before["step"] : row["step"]]
         expected = sum(s["train_loss"] * t for s, t in zip(steps, window)) / sum(window)
         assert row["train_loss"] == pytest.approx(expected, rel=1e-9)
