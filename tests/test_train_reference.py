@@ -33,7 +33,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_loss_plot")
 @pytest.fixture
 def no_loss_plot(monkeypatch):
     """loss.png takes matplotlib seconds per run and is tested in test_plots.py."""
-    monkeypatch.setattr("instructkit.plots.plot_losses", lambda rows, path, **kw: Path(path))
+    def skip(rows, path, **kwargs):
+        return Path(path)
+
+    monkeypatch.setattr("instructkit.plots.plot_losses", skip)
+    monkeypatch.setattr("instructkit.train.loop.plot_losses", skip, raising=False)
 
 
 RESPONSE_HEADER = "\n\n### Response:\n"  # the book's, section 7.2
