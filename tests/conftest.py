@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from shared_data import SHARED_DATA
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "instructions.json"
-BOOK_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
+BOOK_DATA = SHARED_DATA / "instruction-data.json"
 
 
 @pytest.fixture(scope="module")

@@ -36,10 +36,13 @@ def load_quietly(spec, **kwargs):
         return load_pretrained(spec, **kwargs)
 
 
-transformers = pytest.importorskip("transformers")
+@pytest.fixture(scope="module")
+def transformers():
+    """Only the tests that compare with transformers need it (a test extra)."""
+    return pytest.importorskip("transformers")
 
 
-def hf_tiny(tie: bool = True):
+def hf_tiny(transformers, tie: bool = True):
     config = transformers.GPT2Config(
         vocab_size=VOCAB,
         n_positions=32,
@@ -67,8 +70,8 @@ def hf_logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_transformers_checkpoint_loads_with_equal_logits(tmp_path, tie):
-    reference = hf_tiny(tie)
+def test_transformers_checkpoint_loads_with_equal_logits(transformers, tmp_path, tie):
+    reference = hf_tiny(transformers, tie)
     reference.save_pretrained(tmp_path)
     with pytest.warns(UserWarning, match="no tokenizer files"):
         model, tokenizer = load_pretrained(tmp_path)
@@ -81,7 +84,7 @@ def test_transformers_checkpoint_loads_with_equal_logits(tmp_path, tie):
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_saved_model_loads_in_transformers_with_equal_logits(tmp_path, tie):
+def test_saved_model_loads_in_transformers_with_equal_logits(transformers, tmp_path, tie):
     model = tiny_model(tie_embeddings=tie)
     if not tie:
         with torch.no_grad():
@@ -320,8 +323,8 @@ def test_corrupt_or_incomplete_directories_are_clear_errors(tmp_path):
         load_quietly(tmp_path)
 
 
-def test_pytorch_model_bin_directory_loads(tmp_path):
-    reference = hf_tiny()
+def test_pytorch_model_bin_directory_loads(transformers, tmp_path):
+    reference = hf_tiny(transformers)
     reference.save_pretrained(tmp_path)
     from safetensors.torch import load_file
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +15,11 @@ from instructkit.cli import COMMANDS, build_parser
 def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "instructkit", *args],
-        capture_output=True, text=True, timeout=120, check=False, **kwargs,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        **kwargs,
     )
 
 
@@ -46,3 +52,42 @@ def test_no_help_shows_a_default_of_none():
     assert len(texts) > len(COMMANDS)
     for text in texts:
         assert "default: None" not in text, text.splitlines()[0]
+
+
+def test_a_diverging_finetune_exits_2_with_one_line(small_tokenizer_dir, tmp_path):
+    result = run_cli(
+        "finetune", "--data", "examples/instructions.json", "--tokenizer",
+        str(small_tokenizer_dir), "--model", "random:tiny", "--out", str(tmp_path / "run"),
+        "--lr", "1e30", "--batch-size", "2", "--max-steps", "3", "--eval-every", "0",
+        "--eval-batches", "1", "--save-every", "0", "--device", "cpu", "--quiet",
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: loss became nan at step 2")
+    assert "Traceback" not in result.stderr
+
+
+BUGGY_COMMAND = """
+import sys
+import instructkit.commands.data as command
+
+def run(args):
+    raise RuntimeError("a bug, not the user's fault")
+
+command.run = run  # what register() hands to the parser
+from instructkit.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_an_internal_failure_exits_1_with_its_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", BUGGY_COMMAND, "data", "inspect", "examples/instructions.json"],
+        capture_output=True, text=True, timeout=120, check=False,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "RuntimeError: a bug, not the user's fault" in result.stderr
+    assert "Traceback" in result.stderr  # the report a bug needs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,8 @@ import pytest
 import tiktoken
 
 from instructkit import cli
-from instructkit.data import InstructionDataset
+from instructkit.data import InstructionDataset, format_input, load_instructions
+from instructkit.data.builtin import write_builtin
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -126,7 +128,9 @@ def test_report_with_a_local_tokenizer(
         assert line in out
 
 
-def test_show_labels_and_plot(capsys, example_records_path, small_tokenizer_dir, tmp_path):
+def test_show_labels_and_plot(
+    capsys, example_records_path, small_tokenizer, small_tokenizer_dir, tmp_path
+):
     plot = tmp_path / "lengths.png"
     code, out, _ = run(
         capsys,
@@ -142,13 +146,29 @@ def test_show_labels_and_plot(capsys, example_records_path, small_tokenizer_dir,
     assert code == 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.count("\nexample ") == 2
-    labels = [
-        line.split()[-1]
-        for line in out.splitlines()
-        if line.startswith("  ") and line.split()[0].isdigit()
+    rows = [
+        re.fullmatch(r"\s+(\d+)\s+(.*?)\s+(train|prompt|ignored)", line)
+        for line in out.split("\nexample ")[1].splitlines()[2:]
+        if line.strip()
     ]
-    assert {"prompt", "train"} <= set(labels)
-    assert "'<|endoftext|>'" in out
+    # The reference, from the record itself: the ids of prompt + response, targets shifted
+    # by one and ending with end-of-text, a target is 'prompt' when it predicts a token of
+    # the prompt (whose ids are the leading ones the prompt alone encodes to).
+    record = load_instructions(example_records_path)[0]
+    prompt = format_input(record) + "\n\n### Response:\n"
+    ids = small_tokenizer.encode(prompt + record["output"])
+    prompt_ids = small_tokenizer.encode(prompt)
+    prompt_length = next(
+        (i for i, (a, b) in enumerate(zip(ids, prompt_ids)) if a != b), len(prompt_ids)
+    )
+    targets = ids[1:] + [small_tokenizer.eos_id]
+    assert len(rows) == len(ids) and all(rows)
+    for position, (row, token, target) in enumerate(zip(rows, ids, targets)):
+        assert int(row[1]) == position
+        assert row[2].startswith(repr(small_tokenizer.decode([token])))
+        assert row[2].endswith(repr(small_tokenizer.decode([target])))
+        assert row[3] == ("prompt" if position < prompt_length - 1 else "train"), position
+    assert rows[-1][2].endswith("'<|endoftext|>'")
 
 
 def test_prompt_longer_than_the_context_exits_2(capsys, example_records_path, small_tokenizer_dir):
@@ -189,14 +209,14 @@ def test_a_missing_tokenizer_file_is_an_error(capsys, example_records_path, tmp_
 
 
 def test_builtin_writes_a_loadable_file(capsys, tmp_path):
-    builtin = pytest.importorskip("instructkit.data.builtin")
-    if not hasattr(builtin, "write_builtin"):
-        pytest.skip("instructkit.data.builtin.write_builtin not available")
     out_file = tmp_path / "builtin.json"
     code, out, _ = run(capsys, "builtin", "--out", out_file, "--seed", "1")
     assert code == 0
     count = len(json.loads(out_file.read_text()))
     assert out.strip() == f"wrote {count} records to {out_file}"
+    assert len(load_instructions(out_file)) == count > 0  # valid records
+    write_builtin(tmp_path / "again.json", seed=1)
+    assert (tmp_path / "again.json").read_bytes() == out_file.read_bytes()  # seeded
 
 
 def test_help_shows_defaults(capsys):

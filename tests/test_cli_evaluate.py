@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 from fake_servers import FakeJudge, free_socket
+from shared_data import SHARED_DATA
 
 from instructkit.cli import main
 from instructkit.evaluate.judge import judge_prompt
 
-BOOK_RESPONSES = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data-with-response.json"
-)
+BOOK_RESPONSES = SHARED_DATA / "instruction-data-with-response.json"
 
 
 def write_records(path: Path, n: int) -> list[dict]:
@@ -210,3 +209,21 @@ def test_metrics_over_the_books_gpt2_medium_responses(tmp_path, capsys):
     # The first record: "The car is as fast as a bullet." against "... as lightning."
     assert doc["records"][0]["exact_match"] is False
     assert doc["records"][0]["rouge_l"] == pytest.approx(2 * (6 / 8) * (6 / 7) / (6 / 8 + 6 / 7))
+
+
+def test_api_key_env_names_the_variable_whose_key_is_sent(tmp_path, capsys, monkeypatch):
+    responses = tmp_path / "responses.json"
+    write_records(responses, 2)
+    monkeypatch.setenv("MY_JUDGE_KEY", "k-123")
+    monkeypatch.setenv("OPENAI_API_KEY", "the-default-variable")
+    command = ["evaluate", "--responses", str(responses), "--judge", "openai:judge", "--quiet"]
+    with FakeJudge(lambda prompt, attempt: ("reply", "Score: 80")) as fake:
+        flags = ["--url", fake.url, "--api-key-env", "MY_JUDGE_KEY", "--out", str(tmp_path / "a")]
+        assert main([*command, *flags]) == 0
+    assert [h.get("Authorization") for h in fake.headers] == ["Bearer k-123"] * 2
+
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    with FakeJudge(lambda prompt, attempt: ("reply", "Score: 80")) as fake:
+        flags = ["--url", fake.url, "--api-key-env", "NO_SUCH_KEY", "--out", str(tmp_path / "b")]
+        assert main([*command, *flags]) == 0
+    assert len(fake.headers) == 2 and all("Authorization" not in h for h in fake.headers)

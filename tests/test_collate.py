@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from book_code import book_collate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,30 +13,6 @@ from instructkit.data.collate import count_untrained
 
 PAD = 50256
 IGNORE = -100
-
-
-def book_collate(
-    batch, pad_token_id=PAD, ignore_index=IGNORE, allowed_max_length=None, device="cpu"
-):
-    """The book's custom_collate_fn (section 7.3), verbatim: masks padding by value."""
-    batch_max_length = max(len(item) + 1 for item in batch)
-    inputs_lst, targets_lst = [], []
-    for item in batch:
-        new_item = item.copy()
-        new_item += [pad_token_id]
-        padded = new_item + [pad_token_id] * (batch_max_length - len(new_item))
-        inputs = torch.tensor(padded[:-1])
-        targets = torch.tensor(padded[1:])
-        mask = targets == pad_token_id
-        indices = torch.nonzero(mask).squeeze()
-        if indices.numel() > 1:
-            targets[indices[1:]] = ignore_index
-        if allowed_max_length is not None:
-            inputs = inputs[:allowed_max_length]
-            targets = targets[:allowed_max_length]
-        inputs_lst.append(inputs)
-        targets_lst.append(targets)
-    return torch.stack(inputs_lst).to(device), torch.stack(targets_lst).to(device)
 
 
 def per_item_collate(batch, pad_token_id=PAD, ignore_index=IGNORE, allowed_max_length=None):
@@ -239,11 +216,27 @@ def test_each_packed_segment_equals_the_example_collated_alone(examples, limit, 
     assert packed.num_records == len(examples)
 
 
-def test_batch_to_and_pin_memory_keep_metadata():
+def test_batch_to_and_pin_memory_keep_metadata(monkeypatch):
     result = InstructionCollator(PAD, pack=True)([[1, 2], [3]])
     moved = result.to("cpu")
     assert torch.equal(moved.position_ids, result.position_ids)
     assert (moved.num_records, moved.num_real_tokens) == (2, 3)
+
+    # Pinning needs an accelerator; record which tensors a DataLoader would have pinned.
+    pinned = []
+
+    def pin(tensor):
+        pinned.append(tensor)
+        return tensor.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    kept = result.pin_memory()
+    assert isinstance(kept, Batch)
+    tensors = [result.input_ids, result.targets, result.position_ids, result.segment_ids]
+    assert len(pinned) == 4 and all(a is b for a, b in zip(pinned, tensors))
+    for name in ("input_ids", "targets", "position_ids", "segment_ids"):
+        assert torch.equal(getattr(kept, name), getattr(result, name)), name
+    assert (kept.num_records, kept.num_truncated, kept.num_real_tokens) == (2, 0, 3)
 
 
 def test_empty_examples_are_refused():

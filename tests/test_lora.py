@@ -98,3 +98,26 @@ def test_bad_adapter_file_is_a_model_error(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ModelError, match="not an instructkit LoRA adapter"):
         load_adapter(tiny_model(), tmp_path / "junk.safetensors")
+
+
+def test_scale_is_alpha_over_rank_written_out():
+    """Each adapted layer computes x @ (W + (alpha / rank) * A @ B) + b (A: in x r, B: r x out),
+    checked against a plain model holding those weights, and merging writes them."""
+    model = tiny_model()
+    plain = tiny_model()
+    names = apply_lora(model, rank=4, alpha=6.0)
+    randomize_adapters(model)
+    expected = {}
+    with torch.no_grad():
+        for name in names:
+            a = model.get_parameter(f"{name}.lora.A")
+            b = model.get_parameter(f"{name}.lora.B")
+            linear = plain.get_submodule(name)
+            expected[name] = linear.weight + ((6.0 / 4) * (a @ b)).T  # nn.Linear is (out, in)
+            linear.weight.copy_(expected[name])
+    torch.testing.assert_close(model(IDS), plain(IDS), rtol=1e-5, atol=1e-6)
+    merge_lora(model)
+    for name in names:
+        torch.testing.assert_close(
+            model.get_submodule(name).weight, expected[name], rtol=1e-6, atol=1e-7
+        )

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from shared_data import SHARED_DATA
 
 from instructkit.data import load_instructions, parse_fields
 from instructkit.errors import DataError, UserError
@@ -87,7 +88,7 @@ def test_example_file_in_repo_is_valid(example_records):
 
 
 def test_book_data_loads_when_present():
-    book = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
+    book = SHARED_DATA / "instruction-data.json"
     if not book.exists():
         pytest.skip("book data not present")
     records = load_instructions(book)

@@ -370,11 +370,9 @@ def test_api_key_is_required_when_set(engine):
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0).models.list()
         good = openai.OpenAI(base_url=f"{base}/v1", api_key="s3cret", max_retries=0)
-        assert (
-            good.chat.completions.create(model="m", messages=QUESTION, max_tokens=2)
-            .choices[0]
-            .message
-        )
+        reply = good.chat.completions.create(model="m", messages=QUESTION, max_tokens=2)
+        content = reply.choices[0].message.content
+        assert content and ANSWER.startswith(content) and reply.usage.completion_tokens == 2
         tags = ollama.Client(host=base, headers={"Authorization": "Bearer s3cret"}).list()
         assert tags.models[0].model == "tiny-test"
 
@@ -419,6 +417,24 @@ def wait_for_health(url: str, process: subprocess.Popen, seconds: float = 90) ->
             time.sleep(0.2)
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The addresses with a socket listening on `port`, from the kernel's own table."""
+    import ipaddress
+
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            for line in list(handle)[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    raw = bytes.fromhex(address)
+                    # the kernel prints each 32-bit word in host (little-endian) order
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                    found.add(str(ipaddress.ip_address(words)))
+    return found
+
+
 def test_serve_command_loads_a_run_and_refuses_a_busy_port(engine, tmp_path):
     run = tmp_path / "my-run"
     save_pretrained(engine.model, engine.tokenizer, run / "model", metadata={"style": "alpaca"})
@@ -434,6 +450,7 @@ def test_serve_command_loads_a_run_and_refuses_a_busy_port(engine, tmp_path):
     )
     try:
         assert wait_for_health(url, process) == {"status": "ok", "model": "my-run"}
+        assert listening_addresses(port) == {"127.0.0.1"}  # loopback unless --host says
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="k3y", max_retries=0)
         reply = client.chat.completions.create(model="whatever", messages=QUESTION)
         assert reply.choices[0].message.content == ANSWER and reply.model == "my-run"
@@ -452,13 +469,21 @@ def test_serve_command_loads_a_run_and_refuses_a_busy_port(engine, tmp_path):
     assert process.returncode == 130 and "Traceback" not in err  # the CLI's code for Ctrl-C
 
 
-@pytest.mark.parametrize("command", ["serve", "generate", "evaluate"])
-def test_help_shows_defaults(command, capsys):
+@pytest.mark.parametrize(
+    "command, shown",
+    [
+        ("serve", ["--model", "(default: 127.0.0.1)", "(default: 8000)"]),
+        ("generate", ["--model", "(default: "]),
+        ("evaluate", ["--responses", "(default: OPENAI_API_KEY)"]),
+    ],
+)
+def test_help_shows_defaults(command, shown, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
     assert exit_.value.code == 0
-    text = capsys.readouterr().out
-    assert "(default: " in text and "--model" in text or "--responses" in text
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps long help lines
+    for fragment in shown:
+        assert fragment in text, fragment
 
 
 def test_fair_lock_is_reentrant_and_serves_waiters_in_order():

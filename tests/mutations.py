@@ -1,0 +1,425 @@
+"""Mutation check: do the tests fail when the code breaks?
+
+    python tests/mutations.py              # every mutant
+    python tests/mutations.py lora grad    # mutants whose name contains one of the words
+    python tests/mutations.py --list
+    python tests/mutations.py --baseline   # first check the unmutated copy passes them
+
+Copies src/, tests/, examples/ and pyproject.toml to a temporary directory, then for
+each mutant (a deliberate breakage: exact string replacements in named files, each
+asserted to occur exactly once) writes the broken file, runs only the tests that should
+catch it against the copy (PYTHONPATH=COPY/src, also for the subprocesses the tests
+start), and restores the file. A mutant is killed when pytest reports failures or
+errors; it survives when they pass. Prints the survivors and exits 1 if there are any.
+Not collected by pytest (the name does not start with test_).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_REF = "tests/test_train_reference.py"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # under src/instructkit/
+    edits: tuple[tuple[str, str], ...]  # (old, new), each old occurring exactly once
+    tests: tuple[str, ...]  # pytest node ids or files, relative to the root
+
+
+def mutant(name: str, path: str, old: str, new: str, *tests: str) -> Mutant:
+    return Mutant(name, path, ((old, new),), tests)
+
+
+MUTANTS = [
+    # ---- the training loop (issue 12's list) -------------------------------------------
+    mutant(
+        "mask_prompt never reaches the collator",
+        "train/loop.py",
+        "mask_prompt=config.mask_prompt,",
+        "mask_prompt=False,",
+        f"{TRAIN_REF}::test_mask_prompt_and_bf16_flags_reach_the_step",
+    ),
+    mutant(
+        "bf16 autocast stays off",
+        "train/loop.py",
+        "enabled=use_bf16(config, device)",
+        "enabled=False",
+        f"{TRAIN_REF}::test_mask_prompt_and_bf16_flags_reach_the_step",
+    ),
+    mutant(
+        "bf16 autocast always on",
+        "train/loop.py",
+        "enabled=use_bf16(config, device)",
+        "enabled=True",
+        f"{TRAIN_REF}::test_step_gradient_is_autograd_of_the_token_mean",
+    ),
+    mutant(
+        "LoRA scale is alpha (the book's first printing), not alpha / rank",
+        "model/lora.py",
+        "return self.alpha / self.rank",
+        "return self.alpha",
+        "tests/test_lora.py",
+    ),
+    mutant(
+        "LoRA alpha and rank swapped in the loop",
+        "train/loop.py",
+        "apply_lora(model, config.lora_rank, config.lora_alpha)",
+        "apply_lora(model, int(config.lora_alpha), float(config.lora_rank))",
+        "tests/test_cli_finetune.py",
+        "tests/test_train.py",
+    ),
+    Mutant(
+        "epoch-boundary resume restores the RNG after opening the epoch",
+        "train/state.py",
+        (
+            (
+                "    if rng is not None and position.batch_index == 0:\n        set_rng_state(rng)\n",
+                "",
+            ),
+            ("if rng is not None and position.batch_index > 0:", "if rng is not None:"),
+        ),
+        (f"{TRAIN_REF}::test_resume_from_an_epoch_boundary_is_bitwise_an_uninterrupted_run",),
+    ),
+    mutant(
+        "step loss divided by the token count twice",
+        "train/steps.py",
+        "scale = info.world_size / max(step_units, 1.0)",
+        "scale = info.world_size / max(step_units, 1.0) ** 2",
+        f"{TRAIN_REF}::test_step_gradient_is_autograd_of_the_token_mean",
+    ),
+    mutant(
+        "DDP's average over ranks not undone",
+        "train/steps.py",
+        "scale = info.world_size / max(step_units, 1.0)",
+        "scale = 1.0 / max(step_units, 1.0)",
+        f"{TRAIN_REF}::test_ddp_step_gradient_is_autograd_of_the_token_mean",
+    ),
+    mutant(
+        "token counts not summed across ranks",
+        "train/steps.py",
+        "step_units, step_records = distributed.sum_across([local_units, local_records], info, device)",
+        "step_units, step_records = local_units, local_records",
+        f"{TRAIN_REF}::test_ddp_step_gradient_is_autograd_of_the_token_mean",
+    ),
+    mutant(
+        "the book's mean per micro-batch instead of per step",
+        "train/steps.py",
+        "(batch_loss * scale).backward()",
+        "(batch_loss / max(units(batch), 1.0) / len(micro)).backward()",
+        f"{TRAIN_REF}::test_step_gradient_is_autograd_of_the_token_mean",
+    ),
+    mutant(
+        "--grad-clip ignored",
+        "train/loop.py",
+        "torch.nn.utils.clip_grad_norm_(params, run.config.grad_clip)",
+        "pass",
+        f"{TRAIN_REF}::test_grad_clip_clips_like_torch",
+    ),
+    mutant(
+        "--no-group-by-length ignored",
+        "train/loop.py",
+        '"group_by_length": config.group_by_length,',
+        '"group_by_length": True,',
+        f"{TRAIN_REF}::test_group_by_length_and_its_opposite_reach_the_loader",
+    ),
+    mutant(
+        "length grouping never on",
+        "train/loop.py",
+        '"group_by_length": config.group_by_length,',
+        '"group_by_length": False,',
+        f"{TRAIN_REF}::test_group_by_length_and_its_opposite_reach_the_loader",
+    ),
+    mutant(
+        "--compile ignored",
+        "train/loop.py",
+        "return torch.compile(objective) if config.compile else objective",
+        "return objective",
+        f"{TRAIN_REF}::test_compile_flag_compiles_the_module_that_trains",
+    ),
+    mutant(
+        "log_every ignored (a row every step)",
+        "train/loop.py",
+        "position.step % run.config.log_every == 0",
+        "position.step % 1 == 0",
+        f"{TRAIN_REF}::test_resume_from_an_epoch_boundary_is_bitwise_an_uninterrupted_run",
+    ),
+    mutant(
+        "a divergence is an internal error (exit 1)",
+        "train/stopping.py",
+        "class DivergedError(UserError):",
+        "class DivergedError(RuntimeError):",
+        "tests/test_cli_contract.py::test_a_diverging_finetune_exits_2_with_one_line",
+    ),
+    Mutant(
+        "an internal failure reported as a user error (exit 2)",
+        "cli.py",
+        (
+            ("except UserError as error:", "except Exception as error:"),
+            (
+                "print_problems(error.problems)",
+                "print_problems(getattr(error, 'problems', [str(error)]))",
+            ),
+        ),
+        ("tests/test_cli_contract.py::test_an_internal_failure_exits_1_with_its_traceback",),
+    ),
+    # ---- commands -----------------------------------------------------------------------
+    mutant(
+        "evaluate --api-key-env ignored",
+        "commands/evaluate.py",
+        "os.environ.get(args.api_key_env)",
+        'os.environ.get("OPENAI_API_KEY")',
+        "tests/test_cli_evaluate.py::test_api_key_env_names_the_variable_whose_key_is_sent",
+    ),
+    mutant(
+        "serve listens on every interface by default",
+        "commands/serve.py",
+        'default="127.0.0.1"',
+        'default="0.0.0.0"',
+        "tests/test_serve.py::test_serve_command_loads_a_run_and_refuses_a_busy_port",
+    ),
+    mutant(
+        "--help shows no defaults",
+        "commands/__init__.py",
+        "return super()._get_help_string(action)",
+        "return action.help",
+        "tests/test_serve.py::test_help_shows_defaults",
+    ),
+    mutant(
+        "data inspect --show-labels marks the prompt's last target as prompt",
+        "data/stats.py",
+        'rows.append(LabelledTarget(position, token, target, "train" if trained else "prompt"))',
+        'rows.append(LabelledTarget(position, token, target, "train" if trained and '
+        'masked.targets[0, position - 1].item() != IGNORE_INDEX else "prompt"))',
+        "tests/test_cli_data.py::test_show_labels_and_plot",
+    ),
+    mutant(
+        "a broken data.builtin module",
+        "data/builtin.py",
+        "from __future__ import annotations\n",
+        "from __future__ import annotations\n\nraise ImportError('broken on purpose')\n",
+        "tests/test_cli_data.py",
+    ),
+    mutant(
+        "loss.png's tokens axis is a twin y-axis",
+        "plots.py",
+        "tokens_axis = axis.twiny()",
+        "tokens_axis = axis.twinx()",
+        "tests/test_plots.py",
+    ),
+    mutant(
+        "loss.png without the tokens-seen label",
+        "plots.py",
+        'tokens_axis.set_xlabel("Tokens seen")',
+        "pass",
+        "tests/test_plots.py",
+    ),
+    # ---- the GPT-2 vocabulary, the dataset, collate and packing -------------------------
+    mutant(
+        "GPT-2's contraction rule dropped from the split pattern",
+        "tokenizer.py",
+        r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++""",
+        r""" ?\p{L}++""",
+        "tests/test_gpt2_vocab.py",
+    ),
+    mutant(
+        "prompt length off by one",
+        "data/dataset.py",
+        "return Example(ids, shared)",
+        "return Example(ids, shared + 1)",
+        "tests/test_dataset.py",
+        f"{TRAIN_REF}::test_step_gradient_is_autograd_of_the_token_mean",
+    ),
+    mutant(
+        "book collate ignores the end-of-text target too",
+        "data/collate.py",
+        "masked_fill_(~real[:, :-1], ignore_index)",
+        "masked_fill_(~real[:, 1:], ignore_index)",
+        "tests/test_collate.py",
+    ),
+    mutant(
+        "collator: an example's last target is the next example's first token",
+        "data/collate.py",
+        "targets[ends] = self.pad_token_id",
+        "targets[-1] = self.pad_token_id",
+        "tests/test_collate.py",
+    ),
+    mutant(
+        "collator masks the prompt's last target (the response's first token)",
+        "data/collate.py",
+        "return max(example.prompt_length - 1, 0)",
+        "return max(example.prompt_length, 0)",
+        "tests/test_collate.py",
+    ),
+    mutant(
+        "Batch.pin_memory pins nothing",
+        "data/collate.py",
+        "return self._map(lambda tensor: tensor.pin_memory())",
+        "return self._map(lambda tensor: tensor)",
+        "tests/test_collate.py::test_batch_to_and_pin_memory_keep_metadata",
+    ),
+    mutant(
+        "packed positions do not restart per example",
+        "data/collate.py",
+        "positions = torch.arange(len(ids)) - torch.repeat_interleave(starts, lengths)",
+        "positions = torch.arange(len(ids)) - starts[0]",
+        "tests/test_collate.py",
+    ),
+    mutant(
+        "packing overfills rows",
+        "data/sampling.py",
+        "if length <= free:",
+        "if length <= free + 1:",
+        "tests/test_sampling.py",
+    ),
+    mutant(
+        "packed attention crosses examples",
+        "model/gpt.py",
+        "return (same & causal).unsqueeze(1)  # (B, 1, T, S)",
+        "return (causal | same & causal).unsqueeze(1)  # (B, 1, T, S)",
+        "tests/test_model.py",
+    ),
+    # ---- the judge's retries ------------------------------------------------------------
+    mutant(
+        "judge: a 5xx is not retried",
+        "evaluate/judge.py",
+        "if response.status_code >= 500 or response.status_code == 429:",
+        "if response.status_code == 429:",
+        "tests/test_judge.py",
+    ),
+    mutant(
+        "judge: a 4xx is retried",
+        "evaluate/judge.py",
+        "if response.status_code >= 500 or response.status_code == 429:",
+        "if response.status_code >= 400 and response.status_code not in (401, 403, 404):",
+        "tests/test_judge.py",
+    ),
+    mutant(
+        "judge: one attempt fewer",
+        "evaluate/judge.py",
+        "attempts = self.retry.retries + 1",
+        "attempts = self.retry.retries",
+        "tests/test_judge.py",
+    ),
+    mutant(
+        "judge: dropped connections are not retried",
+        "evaluate/judge.py",
+        'failure = JudgeRequestError(f"connection broken: {type(error).__name__}: {error}")',
+        'raise JudgeRequestError(f"connection broken: {type(error).__name__}: {error}")',
+        "tests/test_judge.py",
+    ),
+    # ---- the server's error handling ----------------------------------------------------
+    mutant(
+        "server: a prompt that fills the context is a 500, not a 400",
+        "serve/requests.py",
+        "raise APIError(400, error.message, error.param, error.code) from None",
+        "raise APIError(500, error.message, error.param, error.code) from None",
+        "tests/test_serve.py",
+    ),
+    mutant(
+        "server: a failure mid-stream drops the connection",
+        "serve/requests.py",
+        'yield error_chunk(f"generation failed: {type(error).__name__}: {error}")',
+        "raise",
+        "tests/test_serve.py::test_a_failure_mid_stream_ends_with_an_error_event",
+    ),
+    mutant(
+        "server: malformed JSON is a 500",
+        "serve/requests.py",
+        'raise APIError(400, f"the request body is not valid JSON: {error}") from None',
+        'raise APIError(500, f"the request body is not valid JSON: {error}") from None',
+        "tests/test_serve.py::test_malformed_json_and_unknown_routes",
+    ),
+]
+
+
+def copy_project(target: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+    for name in ("src", "tests", "examples"):
+        shutil.copytree(ROOT / name, target / name, ignore=ignore)
+    shutil.copy2(ROOT / "pyproject.toml", target / "pyproject.toml")
+
+
+def apply(mutant: Mutant, copy: Path) -> str:
+    """Write the mutated file into the copy; return the original text."""
+    path = copy / "src" / "instructkit" / mutant.path
+    original = path.read_text(encoding="utf-8")
+    text = original
+    for old, new in mutant.edits:
+        count = text.count(old)
+        if count != 1:
+            raise SystemExit(f"{mutant.name}: {old!r} occurs {count} times in {mutant.path}")
+        text = text.replace(old, new)
+    path.write_text(text, encoding="utf-8")
+    return original
+
+
+def run_tests(mutant: Mutant, copy: Path, env: dict) -> tuple[int, str]:
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests]
+    done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, check=False)
+    return done.returncode, done.stdout + done.stderr
+
+
+def main(argv: list[str]) -> int:
+    if "--list" in argv:
+        for m in MUTANTS:
+            print(f"{m.name}  [{m.path}]")
+        return 0
+    baseline = "--baseline" in argv
+    words = [word for word in argv if not word.startswith("--")]
+    chosen = [m for m in MUTANTS if not words or any(w.lower() in m.name.lower() for w in words)]
+    sys.path.insert(0, str(ROOT / "tests"))
+    from shared_data import SHARED_DATA
+
+    survivors, errors = [], []
+    with tempfile.TemporaryDirectory(prefix="instructkit-mutants-") as directory:
+        copy = Path(directory)
+        copy_project(copy)
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(copy / "src"),
+            "INSTRUCTKIT_SHARED_DATA": str(SHARED_DATA),  # the copy lies elsewhere
+            "OMP_NUM_THREADS": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        if baseline:  # the chosen tests pass on the unmutated copy (minutes: opt-in)
+            tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+            code, output = run_tests(Mutant("unmutated", "", (), tests), copy, env)
+            if code != 0:
+                print(output[-3000:])
+                print("the unmutated copy fails its tests: fix that first")
+                return 2
+        for m in chosen:
+            original = apply(m, copy)
+            started = time.perf_counter()
+            try:
+                code, output = run_tests(m, copy, env)
+            finally:
+                (copy / "src" / "instructkit" / m.path).write_text(original, encoding="utf-8")
+            seconds = time.perf_counter() - started
+            verdict = {0: "SURVIVED", 1: "killed", 2: "killed"}.get(code, f"ERROR (pytest {code})")
+            print(f"{verdict:10} {seconds:6.1f}s  {m.name}", flush=True)
+            if code == 0:
+                survivors.append(m.name)
+            elif code not in (1, 2):
+                errors.append(m.name)
+                print(output[-2000:])
+    print(f"\n{len(chosen)} mutants: {len(chosen) - len(survivors) - len(errors)} killed, "
+          f"{len(survivors)} survived, {len(errors)} errors")  # fmt: skip
+    for name in survivors:
+        print(f"  survived: {name}")
+    return 1 if survivors or errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
