@@ -1,0 +1,434 @@
+"""Exact and near-duplicate records, and evaluation records that leak from the training split.
+
+Duplicated records weigh some examples twice, and a test record that nearly copies a
+training record turns a score into a memory test. Two records are compared field by
+field over the chosen text fields (instruction, input, output by default), each field
+normalised first (Unicode NFKC, case folded, punctuation removed, whitespace collapsed):
+
+- exact duplicates: every normalised field is equal;
+- near duplicates: every field is equal or within a small edit of the other, i.e. its
+  normalised Levenshtein similarity is at least `threshold`, and both hold the same
+  numbers (so "45 km" and "46 km" stay apart, a changed number changes the answer).
+
+Comparing per field keeps records that share an instruction but differ in input or
+output apart however long the shared instruction is. Finding candidates is MinHash LSH
+over the words of each field (`datasketch`); each candidate is verified with the exact
+similarity (`rapidfuzz`), so a report never holds a pair that fails the rule above.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+import unicodedata
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Sequence
+from itertools import count
+from dataclasses import dataclass, field
+
+import numpy as np
+from rapidfuzz.distance import Levenshtein
+
+from instructkit.errors import UserError
+
+DEFAULT_FIELDS = ("instruction", "input", "output")
+DEFAULT_THRESHOLD = 0.9
+NUM_PERM = 64
+LSH_THRESHOLD = 0.5  # loose: LSH only proposes candidates, the exact check decides
+# Digits, and arithmetic signs before a digit: "5 - 3" and "5 * 3" differ although
+# normalising removes "-" and "*" as punctuation.
+_NUMBERS = re.compile(r"\d+|[-+*/×÷^=<>%](?=\s*\d)")
+_DIGIT = re.compile(r"\d").search
+_ASCII_PUNCTUATION = bytes(c for c in range(128) if unicodedata.category(chr(c)).startswith("P"))
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_CHUNK = 1 << 20  # permuted hash values per block: keeps the (tokens, NUM_PERM) block small
+_WORD_BITS = 28  # a token packs two word ids and the field position into 64 bits
+
+
+def normalize_text(text: str) -> str:
+    """Case, spacing and punctuation removed: "Hello,  World!" -> "hello world"."""
+    if text.isascii():  # the fast path: bytes.translate deletes in C
+        text = text.encode().translate(None, _ASCII_PUNCTUATION).decode().lower()
+    else:
+        text = _UNICODE_PUNCTUATION().sub("", unicodedata.normalize("NFKC", text).casefold())
+    return " ".join(text.split())
+
+
+@functools.cache
+def _UNICODE_PUNCTUATION() -> re.Pattern:  # noqa: N802 (a lazily built constant)
+    marks = (chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c))[0] == "P")
+    return re.compile("[" + re.escape("".join(marks)) + "]")
+
+
+def token_hash(token: int) -> int:
+    """The 32-bit hash of a token id (Fibonacci hashing); `_signatures` computes it vectorised."""
+    return ((token * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 32
+
+
+@dataclass(frozen=True)
+class Match:
+    """Record `index` duplicates record `of` (`kind` "exact" or "near", lowest field similarity)."""
+
+    index: int
+    of: int
+    kind: str
+    similarity: float
+
+
+@dataclass
+class _Prepared:
+    """One record as the index compares it: normalised fields, their numbers, its MinHash."""
+
+    texts: tuple[str, ...]
+    numbers: tuple[tuple[str, ...], ...]
+    tokens: np.ndarray | None = None  # word pairs, see `prepare`
+    signature: np.ndarray | None = None  # MinHash, NUM_PERM values
+    bands: list[int] | None = None  # one bucket key per LSH band
+
+    @property
+    def key(self) -> tuple:
+        """Equal for exact duplicates."""
+        return self.texts, self.numbers
+
+
+class DuplicateIndex:
+    """Records added under a key; `find` returns the indexed record a new one duplicates.
+
+    Not thread-safe: callers that share one across threads hold a lock around it.
+    """
+
+    def __init__(self, fields: Sequence[str] = DEFAULT_FIELDS, threshold: float = DEFAULT_THRESHOLD):
+        from datasketch import MinHash
+
+        check_threshold(threshold)
+        if not fields:
+            raise UserError("--fields: name at least one field to compare")
+        self.fields = tuple(fields)
+        self.threshold = threshold
+        self._words: defaultdict[str, int] = defaultdict(count(1).__next__)
+        self._exact: dict[tuple, Hashable] = {}
+        self._prepared: dict[Hashable, _Prepared] = {}
+        # datasketch's permutations: a signature row equals MinHash(hashfunc=token_hash)
+        # updated with the record's token ids (tests check it); its LSH picks the bands.
+        self._a, self._b = MinHash(num_perm=NUM_PERM, hashfunc=token_hash).permutations
+        self.bands, self.rows = _band_shape()
+        self._buckets: list[dict[int, Hashable | list[Hashable]]] = [{} for _ in range(self.bands)]
+
+    def __len__(self) -> int:
+        return len(self._prepared)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._prepared
+
+    def prepare(self, records: Sequence[dict]) -> list[_Prepared]:
+        """Normalise records and compute their MinHash signatures in one vectorised pass.
+
+        A record's tokens are the pairs of neighbouring words in each field ("the cat",
+        "cat sat", with the field's first word paired with nothing), so a shared
+        instruction or common words make up only part of a record's tokens.
+        """
+        word_id = self._words.__getitem__
+        prepared, ids, lengths = [], [], []
+        for record in records:
+            raw = [record[name] for name in self.fields]
+            texts = tuple(normalize_text(text) for text in raw)
+            numbers = tuple(
+                tuple(_NUMBERS.findall(text)) if _DIGIT(text) else () for text in raw
+            )
+            prepared.append(_Prepared(texts, numbers))
+            for text in texts:
+                words = list(map(word_id, text.split()))
+                ids.extend(words)
+                lengths.append(len(words))
+        self._tokenize(prepared, np.array(ids, dtype=np.uint64), np.array(lengths, np.int64))
+        signatures = self._signatures(prepared)
+        bands = _band_keys(signatures, self.bands, self.rows).tolist()
+        for item, signature, keys in zip(prepared, signatures, bands, strict=True):
+            item.signature, item.bands = signature, keys
+        return prepared
+
+    def _tokenize(self, prepared: list[_Prepared], ids: np.ndarray, lengths: np.ndarray) -> None:
+        """Each record's word-pair tokens from the flat word ids and per-field word counts."""
+        width = len(self.fields)
+        starts = np.cumsum(lengths) - lengths
+        previous = np.zeros_like(ids)
+        previous[1:] = ids[:-1]
+        previous[starts[lengths > 0]] = 0  # a field's first word follows nothing
+        positions = np.repeat(np.tile(np.arange(width, dtype=np.uint64), len(prepared)), lengths)
+        tokens = ((previous << np.uint64(_WORD_BITS)) | ids) * np.uint64(width) + positions
+        per_record = lengths.reshape(len(prepared), width).sum(axis=1)
+        offset = 0
+        for item, size in zip(prepared, per_record.tolist(), strict=True):
+            # A record without words still needs one token for a MinHash.
+            item.tokens = tokens[offset : offset + size] if size else _EMPTY
+            offset += size
+
+    def find(self, record: dict | _Prepared) -> tuple[Hashable, str, float] | None:
+        """(key, kind, similarity) of the closest indexed duplicate, or None."""
+        prepared = record if isinstance(record, _Prepared) else self.prepare([record])[0]
+        key = self._exact.get(prepared.key)
+        if key is not None:
+            return key, "exact", 1.0
+        best = None
+        candidates = set()
+        for bucket, band_key in zip(self._buckets, prepared.bands, strict=True):
+            members = bucket.get(band_key)
+            if type(members) is list:
+                candidates.update(members)
+            elif members is not None:
+                candidates.add(members)
+        for candidate in candidates:
+            similarity = self._similarity(prepared, self._prepared[candidate])
+            rank = (similarity, -_order(candidate))
+            if similarity and (best is None or rank > best[0]):
+                best = (rank, candidate)
+        return None if best is None else (best[1], "near", best[0][0])
+
+    def add(self, key: Hashable, record: dict | _Prepared) -> None:
+        prepared = record if isinstance(record, _Prepared) else self.prepare([record])[0]
+        if key in self._prepared:
+            raise ValueError(f"key {key!r} is already indexed")
+        self._prepared[key] = prepared
+        self._exact.setdefault(prepared.key, key)
+        for bucket, band_key in zip(self._buckets, prepared.bands, strict=True):
+            # Most buckets hold one record: a list only once a second one arrives.
+            members = bucket.setdefault(band_key, key)
+            if type(members) is list:
+                members.append(key)
+            elif members is not key:
+                bucket[band_key] = [members, key]
+
+    def remove(self, key: Hashable) -> None:
+        prepared = self._prepared.pop(key)
+        if self._exact.get(prepared.key) == key:
+            del self._exact[prepared.key]
+        for bucket, band_key in zip(self._buckets, prepared.bands, strict=True):
+            members = bucket[band_key]
+            if type(members) is list:
+                members.remove(key)
+            else:
+                del bucket[band_key]
+
+    def _signatures(self, prepared: list[_Prepared]) -> np.ndarray:
+        """(records, NUM_PERM) MinHash signatures: datasketch's affine32 scheme, vectorised."""
+        counts = np.array([len(item.tokens) for item in prepared], dtype=np.int64)
+        tokens = np.concatenate([item.tokens for item in prepared])
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        hashes = _fmix32(((tokens * _GOLDEN) >> np.uint64(32)).astype(np.uint32))
+        out = np.empty((len(prepared), NUM_PERM), dtype=np.uint32)
+        first = 0
+        while first < len(prepared):
+            # Records [first, last) whose tokens fill about one block.
+            last = int(np.searchsorted(starts, starts[first] + _CHUNK // NUM_PERM, "right"))
+            last = min(max(last, first + 1), len(prepared))
+            begin = starts[first]
+            end = starts[last] if last < len(prepared) else len(tokens)
+            permuted = hashes[begin:end, None] * self._a[None, :] + self._b[None, :]
+            out[first:last] = np.minimum.reduceat(permuted, starts[first:last] - begin, axis=0)
+            first = last
+        return out
+
+    def _similarity(self, a: _Prepared, b: _Prepared) -> float:
+        """The lowest per-field similarity when every field passes, else 0."""
+        if a.numbers != b.numbers:
+            return 0.0
+        lowest = 1.0
+        for x, y in zip(a.texts, b.texts, strict=True):
+            if x != y:
+                score = Levenshtein.normalized_similarity(x, y, score_cutoff=self.threshold)
+                if not score:
+                    return 0.0
+                lowest = min(lowest, score)
+        return lowest
+
+
+@functools.cache
+def _band_shape() -> tuple[int, int]:
+    """(bands, rows per band) that datasketch's LSH chooses for LSH_THRESHOLD and NUM_PERM."""
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=LSH_THRESHOLD, num_perm=NUM_PERM)
+    return lsh.b, lsh.r
+
+
+def _band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(records, bands) 64-bit keys: records whose rows agree on a band share its bucket."""
+    keys = np.zeros((len(signatures), bands), dtype=np.uint64)
+    for row in range(rows):
+        keys = keys * _GOLDEN + signatures[:, row : bands * rows : rows].astype(np.uint64)
+    return keys
+
+
+_EMPTY = np.zeros(1, dtype=np.uint64)
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer, as datasketch mixes input hashes (uint32 wraps)."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def _order(key: Hashable) -> int:
+    """Prefer the earliest record among equally similar ones (keys are usually indices)."""
+    return key if isinstance(key, int) else 0
+
+
+def check_threshold(threshold: float) -> None:
+    if not 0.0 < threshold <= 1.0:
+        raise UserError(
+            f"--threshold must be above 0 and at most 1, got {threshold} "
+            "(1 finds exact duplicates only; 0.9 also finds small edits)"
+        )
+
+
+def check_fields(records: Sequence[dict], fields: Sequence[str], source: str = "") -> None:
+    """Every record must hold each compared field as a string."""
+    where = f"{source}: " if source else ""
+    problems = []
+    for index, record in enumerate(records):
+        for name in fields:
+            if not isinstance(record.get(name), str):
+                problems.append(f"{where}record index {index} has no text field {name!r}")
+    if problems:
+        raise UserError(problems)
+
+
+@dataclass
+class DuplicateReport:
+    """Which records to keep (the first of each group) and what each removed one duplicates."""
+
+    total: int
+    fields: tuple[str, ...]
+    threshold: float
+    matches: list[Match] = field(default_factory=list)
+
+    @property
+    def removed(self) -> set[int]:
+        return {match.index for match in self.matches}
+
+    @property
+    def kept(self) -> list[int]:
+        removed = self.removed
+        return [index for index in range(self.total) if index not in removed]
+
+    @property
+    def groups(self) -> dict[int, list[Match]]:
+        """Kept record -> the records removed as its duplicates, in file order."""
+        groups: dict[int, list[Match]] = {}
+        for match in self.matches:
+            groups.setdefault(match.of, []).append(match)
+        return groups
+
+    def count(self, kind: str) -> int:
+        return sum(match.kind == kind for match in self.matches)
+
+
+def find_duplicates(
+    records: Sequence[dict],
+    fields: Sequence[str] = DEFAULT_FIELDS,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> DuplicateReport:
+    """Each record that duplicates an earlier kept record, matched to that record.
+
+    Only kept records are indexed, so every removed record is within the threshold of
+    the record that stays in its place, and no two kept records are duplicates.
+    """
+    check_fields(records, fields)
+    index = DuplicateIndex(fields, threshold)
+    report = DuplicateReport(len(records), tuple(fields), threshold)
+    for position, prepared in enumerate(index.prepare(records)):
+        found = index.find(prepared)
+        if found is None:
+            index.add(position, prepared)
+        else:
+            of, kind, similarity = found
+            report.matches.append(Match(position, of, kind, similarity))
+    return report
+
+
+@dataclass(frozen=True)
+class Leak:
+    """Record `index` of evaluation split `split` duplicates training record `train_index`."""
+
+    split: str
+    index: int
+    train_index: int
+    kind: str
+    similarity: float
+
+
+def find_leakage(
+    train: Sequence[dict],
+    evaluation: dict[str, Sequence[dict]],
+    fields: Sequence[str] = DEFAULT_FIELDS,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> list[Leak]:
+    """Evaluation records (e.g. {"test": ..., "val": ...}) that duplicate a training record."""
+    check_fields(train, fields)
+    index = DuplicateIndex(fields, threshold)
+    for position, prepared in enumerate(index.prepare(train)):
+        index.add(position, prepared)
+    leaks = []
+    for split, records in evaluation.items():
+        check_fields(records, fields, split)
+        for position, prepared in enumerate(index.prepare(records)):
+            found = index.find(prepared)
+            if found is not None:
+                leaks.append(Leak(split, position, found[0], found[1], found[2]))
+    return leaks
+
+
+def _shown(record: dict, fields: Iterable[str], width: int = 70) -> str:
+    text = " | ".join(record[name] for name in fields if record[name])
+    text = " ".join(text.split())
+    return repr(text if len(text) <= width else text[: width - 1] + "…")
+
+
+def format_duplicates(report: DuplicateReport, records: Sequence[dict], examples: int = 3) -> str:
+    """Counts, then a few groups: the kept record and the ones removed beside it."""
+    groups = report.groups
+    lines = [
+        f"{len(report.matches)} duplicates in {len(groups)} groups over "
+        f"{', '.join(report.fields)} ({report.count('exact')} exact, {report.count('near')} near, "
+        f"similarity >= {report.threshold:g})"
+    ]
+    for kept, matches in list(groups.items())[:examples]:
+        lines.append(f"  kept    #{kept}: {_shown(records[kept], report.fields)}")
+        for match in matches[:examples]:
+            lines.append(
+                f"  removed #{match.index} ({match.kind}, {match.similarity:.2f}): "
+                f"{_shown(records[match.index], report.fields)}"
+            )
+        if len(matches) > examples:
+            lines.append(f"  ... and {len(matches) - examples} more in this group")
+    if len(groups) > examples:
+        lines.append(f"  ... and {len(groups) - examples} more groups")
+    return "\n".join(lines)
+
+
+def format_leakage(
+    leaks: Sequence[Leak],
+    train: Sequence[dict],
+    evaluation: dict[str, Sequence[dict]],
+    fields: Sequence[str] = DEFAULT_FIELDS,
+    examples: int = 3,
+) -> str:
+    """Per split: how many records duplicate a training record, and a few of them."""
+    lines = []
+    for split, records in evaluation.items():
+        found = [leak for leak in leaks if leak.split == split]
+        exact = sum(leak.kind == "exact" for leak in found)
+        lines.append(
+            f"{split}: {len(found)} of {len(records)} records duplicate a training record "
+            f"({exact} exact, {len(found) - exact} near)"
+        )
+        for leak in found[:examples]:
+            lines.append(
+                f"  {split} #{leak.index} = train #{leak.train_index} "
+                f"({leak.kind}, {leak.similarity:.2f}): {_shown(records[leak.index], fields)}"
+            )
+    return "\n".join(lines)
