@@ -40,7 +40,7 @@ class Corpus:
 
     def __init__(self, size: int, copy_rate: float, seed: int):
         self.rng = random.Random(seed)
-        syllables = "ka lo mi ne ra to su vi de po an el in or us ba ce fi go hu".split()
+        syllables = [a + b for a in "klmnrtsvdpbcfgh" for b in "aeiou"]
         self.vocab = sorted(
             {"".join(self.rng.choices(syllables, k=self.rng.randint(1, 4))) for _ in range(6000)}
         )
@@ -124,9 +124,7 @@ def brute_force(records: list[dict], threshold: float) -> set[int]:
     prepared = index.prepare(records)
     kept, removed = [], set()
     for position, item in enumerate(prepared):
-        if any(
-            item.key == prepared[k].key or index._similarity(item, prepared[k]) for k in kept
-        ):
+        if any(item.key == prepared[k].key or index._similarity(item, prepared[k]) for k in kept):
             removed.add(position)
         else:
             kept.append(position)
@@ -151,9 +149,11 @@ def main() -> None:
     report = find_duplicates(records, threshold=args.threshold)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     removed = report.removed
-    print(f"{len(records):,} records, {len(planted):,} planted; find_duplicates: "
-          f"{wall:.1f} s wall, {cpu:.1f} s CPU; removed {len(removed):,} "
-          f"({report.count('exact'):,} exact, {report.count('near'):,} near)")
+    print(
+        f"{len(records):,} records, {len(planted):,} planted; find_duplicates: "
+        f"{wall:.1f} s wall, {cpu:.1f} s CPU; removed {len(removed):,} "
+        f"({report.count('exact'):,} exact, {report.count('near'):,} near)"
+    )
     copies = {i for i, kind in planted.items() if kind in EDITS}
     # A word replaced in a short field can leave it below the threshold: such copies are
     # different records by the rule, so LSH's recall is measured on the copies within it.
@@ -169,10 +169,12 @@ def main() -> None:
         verb = "removed (must stay)" if kind in CONTROLS else "removed"
         print(f"  {kind:12} {hit:>6,} of {len(where):>6,} {verb}  ({hit / max(1, len(where)):.3f})")
     true_positive = len(removed & copies)
-    print(f"recall {true_positive / len(copies):.4f} of planted copies, "
-          f"{len(removed & within) / len(within):.4f} of the {len(within):,} within the threshold "
-          f"of their source; precision {true_positive / max(1, len(removed)):.4f} (removed "
-          "records that are planted copies)")
+    print(
+        f"recall {true_positive / len(copies):.4f} of planted copies, "
+        f"{len(removed & within) / len(within):.4f} of the {len(within):,} within the threshold "
+        f"of their source; precision {true_positive / max(1, len(removed)):.4f} (removed "
+        "records that are planted copies)"
+    )
 
     if args.reference:
         head = records[: args.reference]
@@ -180,9 +182,11 @@ def main() -> None:
         expected = brute_force(head, args.threshold)
         seconds = time.perf_counter() - started
         got = find_duplicates(head, threshold=args.threshold).removed
-        print(f"reference (brute force over the first {len(head):,} records, {seconds:.1f} s): "
-              f"{len(expected)} duplicates by the rule; LSH found {len(got & expected)} of them, "
-              f"{len(got - expected)} not in the reference")
+        print(
+            f"reference (brute force over the first {len(head):,} records, {seconds:.1f} s): "
+            f"{len(expected)} duplicates by the rule; LSH found {len(got & expected)} of them, "
+            f"{len(got - expected)} not in the reference"
+        )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 token lengths of prompts and responses, records that truncation would cut (and whose
 end-of-text target the book's collate would lose), records that would train on nothing
 with prompt masking, and the padding efficiency of random, length-grouped and packed
-batches. `builtin` writes the built-in demo dataset to a file.
+batches. `builtin` writes the built-in demo dataset to a file. `dedup`, `generate` and
+`prefs` (commands.data_tools) remove duplicates and have an LLM write records or DPO pairs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from instructkit.commands import HelpFormatter
+from instructkit.commands.data_tools import register_actions
 from instructkit.commands.finetune import add_finetune_flags
 
 SHOWN_TOKEN_CHARS = 18
@@ -22,7 +24,7 @@ INSPECT_FINETUNE_FLAGS = ("tokenizer", "style", "allowed_max_length", "batch_siz
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "data",
-        help="inspect an instruction file or write the built-in dataset",
+        help="inspect, deduplicate or extend an instruction file; write the built-in dataset",
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=HelpFormatter,
     )
@@ -78,6 +80,7 @@ def register(subparsers) -> None:
     builtin.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file")
     builtin.add_argument("--seed", type=int, default=0, help="generation seed")
     builtin.set_defaults(run=run_builtin)
+    register_actions(actions)
 
 
 def run_builtin(args: argparse.Namespace) -> int:

@@ -24,8 +24,8 @@ import sys
 import unicodedata
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Sequence
-from itertools import count
 from dataclasses import dataclass, field
+from itertools import chain, count, repeat
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
@@ -44,6 +44,7 @@ _ASCII_PUNCTUATION = bytes(c for c in range(128) if unicodedata.category(chr(c))
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _CHUNK = 1 << 20  # permuted hash values per block: keeps the (tokens, NUM_PERM) block small
 _WORD_BITS = 28  # a token packs two word ids and the field position into 64 bits
+SHORT_WORDS = 24  # records up to this many words also get the word-left-out lookup
 
 
 def normalize_text(text: str) -> str:
@@ -51,12 +52,12 @@ def normalize_text(text: str) -> str:
     if text.isascii():  # the fast path: bytes.translate deletes in C
         text = text.encode().translate(None, _ASCII_PUNCTUATION).decode().lower()
     else:
-        text = _UNICODE_PUNCTUATION().sub("", unicodedata.normalize("NFKC", text).casefold())
+        text = _unicode_punctuation().sub("", unicodedata.normalize("NFKC", text).casefold())
     return " ".join(text.split())
 
 
 @functools.cache
-def _UNICODE_PUNCTUATION() -> re.Pattern:  # noqa: N802 (a lazily built constant)
+def _unicode_punctuation() -> re.Pattern:
     marks = (chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c))[0] == "P")
     return re.compile("[" + re.escape("".join(marks)) + "]")
 
@@ -78,13 +79,13 @@ class Match:
 
 @dataclass
 class _Prepared:
-    """One record as the index compares it: normalised fields, their numbers, its MinHash."""
+    """One record as the index compares it: normalised fields, their numbers, its probes."""
 
     texts: tuple[str, ...]
     numbers: tuple[tuple[str, ...], ...]
     tokens: np.ndarray | None = None  # word pairs, see `prepare`
-    signature: np.ndarray | None = None  # MinHash, NUM_PERM values
-    bands: list[int] | None = None  # one bucket key per LSH band
+    bands: list[int] = field(default_factory=list)  # a key per LSH band
+    variants: list[int] = field(default_factory=list)  # its words-left-out keys, when short
 
     @property
     def key(self) -> tuple:
@@ -95,10 +96,17 @@ class _Prepared:
 class DuplicateIndex:
     """Records added under a key; `find` returns the indexed record a new one duplicates.
 
-    Not thread-safe: callers that share one across threads hold a lock around it.
+    Candidates come from two kinds of lookup tables. MinHash LSH (one table per band)
+    finds records that share most word pairs, whatever the edits. Short records have too
+    few word pairs for that (a typo in a 4-word instruction changes 2 of 4), so records
+    of SHORT_WORDS words or fewer are also filed under their bag of words with each word
+    left out in turn: two records one word apart (a typo, a changed or an extra word)
+    share one of those keys. Not thread-safe: share one across threads under a lock.
     """
 
-    def __init__(self, fields: Sequence[str] = DEFAULT_FIELDS, threshold: float = DEFAULT_THRESHOLD):
+    def __init__(
+        self, fields: Sequence[str] = DEFAULT_FIELDS, threshold: float = DEFAULT_THRESHOLD
+    ):
         from datasketch import MinHash
 
         check_threshold(threshold)
@@ -113,7 +121,10 @@ class DuplicateIndex:
         # updated with the record's token ids (tests check it); its LSH picks the bands.
         self._a, self._b = MinHash(num_perm=NUM_PERM, hashfunc=token_hash).permutations
         self.bands, self.rows = _band_shape()
-        self._buckets: list[dict[int, Hashable | list[Hashable]]] = [{} for _ in range(self.bands)]
+        # Band i's table holds probe i; the last table holds every word-left-out key.
+        self._tables: list[dict[int, Hashable | list[Hashable]]] = [
+            {} for _ in range(self.bands + 1)
+        ]
 
     def __len__(self) -> int:
         return len(self._prepared)
@@ -122,10 +133,10 @@ class DuplicateIndex:
         return key in self._prepared
 
     def prepare(self, records: Sequence[dict]) -> list[_Prepared]:
-        """Normalise records and compute their MinHash signatures in one vectorised pass.
+        """Normalise records and compute their lookup keys in one vectorised pass.
 
-        A record's tokens are the pairs of neighbouring words in each field ("the cat",
-        "cat sat", with the field's first word paired with nothing), so a shared
+        A record's MinHash tokens are the pairs of neighbouring words in each field ("the
+        cat", "cat sat", the field's first word paired with nothing), so a shared
         instruction or common words make up only part of a record's tokens.
         """
         word_id = self._words.__getitem__
@@ -133,19 +144,18 @@ class DuplicateIndex:
         for record in records:
             raw = [record[name] for name in self.fields]
             texts = tuple(normalize_text(text) for text in raw)
-            numbers = tuple(
-                tuple(_NUMBERS.findall(text)) if _DIGIT(text) else () for text in raw
-            )
+            numbers = tuple(tuple(_NUMBERS.findall(text)) if _DIGIT(text) else () for text in raw)
             prepared.append(_Prepared(texts, numbers))
             for text in texts:
                 words = list(map(word_id, text.split()))
                 ids.extend(words)
                 lengths.append(len(words))
-        self._tokenize(prepared, np.array(ids, dtype=np.uint64), np.array(lengths, np.int64))
-        signatures = self._signatures(prepared)
-        bands = _band_keys(signatures, self.bands, self.rows).tolist()
-        for item, signature, keys in zip(prepared, signatures, bands, strict=True):
-            item.signature, item.bands = signature, keys
+        ids_array, lengths_array = np.array(ids, dtype=np.uint64), np.array(lengths, np.int64)
+        self._tokenize(prepared, ids_array, lengths_array)
+        bands = _band_keys(self._signatures(prepared), self.bands, self.rows).tolist()
+        variants = self._variants(ids_array, lengths_array)
+        for item, band_keys, variant_keys in zip(prepared, bands, variants, strict=True):
+            item.bands, item.variants = band_keys, variant_keys
         return prepared
 
     def _tokenize(self, prepared: list[_Prepared], ids: np.ndarray, lengths: np.ndarray) -> None:
@@ -155,14 +165,40 @@ class DuplicateIndex:
         previous = np.zeros_like(ids)
         previous[1:] = ids[:-1]
         previous[starts[lengths > 0]] = 0  # a field's first word follows nothing
-        positions = np.repeat(np.tile(np.arange(width, dtype=np.uint64), len(prepared)), lengths)
-        tokens = ((previous << np.uint64(_WORD_BITS)) | ids) * np.uint64(width) + positions
-        per_record = lengths.reshape(len(prepared), width).sum(axis=1)
+        tokens = ((previous << np.uint64(_WORD_BITS)) | ids) * np.uint64(width) + self._positions(
+            lengths
+        )
+        per_record = lengths.reshape(-1, width).sum(axis=1)
         offset = 0
         for item, size in zip(prepared, per_record.tolist(), strict=True):
             # A record without words still needs one token for a MinHash.
             item.tokens = tokens[offset : offset + size] if size else _EMPTY
             offset += size
+
+    def _positions(self, lengths: np.ndarray) -> np.ndarray:
+        """The field position (0, 1, 2, ...) of every word in the flat word ids."""
+        width = len(self.fields)
+        return np.repeat(np.tile(np.arange(width, dtype=np.uint64), len(lengths) // width), lengths)
+
+    def _variants(self, ids: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
+        """Per record of 3 to SHORT_WORDS words: its bag-of-words hash with each word left out.
+
+        The bag hash is a sum of word hashes (a word tagged with its field), so leaving a
+        word out is a subtraction; word order is ignored, the exact check sees it.
+        """
+        hashes = _mix64(ids * np.uint64(len(self.fields)) + self._positions(lengths))
+        per_record = lengths.reshape(-1, len(self.fields)).sum(axis=1)
+        ends = np.cumsum(per_record)
+        sums = np.concatenate(([np.uint64(0)], np.cumsum(hashes, dtype=np.uint64)))
+        bags = sums[ends] - sums[ends - per_record]
+        short = (per_record >= 3) & (per_record <= SHORT_WORDS)
+        owner = np.repeat(np.arange(len(per_record)), per_record)
+        left_out = bags[owner] - hashes
+        variants: list[list[int]] = [[] for _ in range(len(per_record))]
+        for record in np.flatnonzero(short).tolist():
+            start = int(ends[record] - per_record[record])
+            variants[record] = left_out[start : int(ends[record])].tolist()
+        return variants
 
     def find(self, record: dict | _Prepared) -> tuple[Hashable, str, float] | None:
         """(key, kind, similarity) of the closest indexed duplicate, or None."""
@@ -170,14 +206,14 @@ class DuplicateIndex:
         key = self._exact.get(prepared.key)
         if key is not None:
             return key, "exact", 1.0
-        best = None
-        candidates = set()
-        for bucket, band_key in zip(self._buckets, prepared.bands, strict=True):
-            members = bucket.get(band_key)
+        candidates: set[Hashable] = set()
+        for table, probe in self._probes(prepared):
+            members = table.get(probe)
             if type(members) is list:
                 candidates.update(members)
             elif members is not None:
                 candidates.add(members)
+        best = None
         for candidate in candidates:
             similarity = self._similarity(prepared, self._prepared[candidate])
             rank = (similarity, -_order(candidate))
@@ -191,24 +227,32 @@ class DuplicateIndex:
             raise ValueError(f"key {key!r} is already indexed")
         self._prepared[key] = prepared
         self._exact.setdefault(prepared.key, key)
-        for bucket, band_key in zip(self._buckets, prepared.bands, strict=True):
-            # Most buckets hold one record: a list only once a second one arrives.
-            members = bucket.setdefault(band_key, key)
+        for table, probe in self._probes(prepared):
+            # Most keys hold one record: a list only once a second one arrives.
+            members = table.setdefault(probe, key)
             if type(members) is list:
-                members.append(key)
-            elif members is not key:
-                bucket[band_key] = [members, key]
+                if members[-1] != key:
+                    members.append(key)
+            elif members != key:
+                table[probe] = [members, key]
+
+    def _probes(self, prepared: _Prepared) -> Iterable[tuple[dict, int]]:
+        """(table, key) pairs: band i in table i, every left-out-word key in the last table."""
+        return chain(
+            zip(self._tables, prepared.bands), zip(repeat(self._tables[-1]), prepared.variants)
+        )
 
     def remove(self, key: Hashable) -> None:
         prepared = self._prepared.pop(key)
         if self._exact.get(prepared.key) == key:
             del self._exact[prepared.key]
-        for bucket, band_key in zip(self._buckets, prepared.bands, strict=True):
-            members = bucket[band_key]
+        for table, probe in self._probes(prepared):
+            members = table.get(probe)
             if type(members) is list:
-                members.remove(key)
-            else:
-                del bucket[band_key]
+                if key in members:
+                    members.remove(key)
+            elif members == key:
+                del table[probe]
 
     def _signatures(self, prepared: list[_Prepared]) -> np.ndarray:
         """(records, NUM_PERM) MinHash signatures: datasketch's affine32 scheme, vectorised."""
@@ -261,6 +305,14 @@ def _band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 
 _EMPTY = np.zeros(1, dtype=np.uint64)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finalizer: well-spread 64-bit word hashes for the bag-of-words sums."""
+    x = (x + np.uint64(1)) * _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
@@ -391,11 +443,12 @@ def _shown(record: dict, fields: Iterable[str], width: int = 70) -> str:
 def format_duplicates(report: DuplicateReport, records: Sequence[dict], examples: int = 3) -> str:
     """Counts, then a few groups: the kept record and the ones removed beside it."""
     groups = report.groups
-    lines = [
+    head = (
         f"{len(report.matches)} duplicates in {len(groups)} groups over "
         f"{', '.join(report.fields)} ({report.count('exact')} exact, {report.count('near')} near, "
         f"similarity >= {report.threshold:g})"
-    ]
+    )
+    lines = [head]
     for kept, matches in list(groups.items())[:examples]:
         lines.append(f"  kept    #{kept}: {_shown(records[kept], report.fields)}")
         for match in matches[:examples]:
