@@ -85,7 +85,7 @@ class _Prepared:
     numbers: tuple[tuple[str, ...], ...]
     tokens: np.ndarray | None = None  # word pairs, see `prepare`
     bands: list[int] = field(default_factory=list)  # a key per LSH band
-    variants: list[int] = field(default_factory=list)  # its words-left-out keys, when short
+    variants: list[int | str] = field(default_factory=list)  # words left out, spaces removed
 
     @property
     def key(self) -> tuple:
@@ -101,7 +101,9 @@ class DuplicateIndex:
     few word pairs for that (a typo in a 4-word instruction changes 2 of 4), so records
     of SHORT_WORDS words or fewer are also filed under their bag of words with each word
     left out in turn: two records one word apart (a typo, a changed or an extra word)
-    share one of those keys. Not thread-safe: share one across threads under a lock.
+    share one of those keys; and every record under its text without spaces. Records
+    two or more words apart are found by LSH only, which can miss short ones (the
+    benchmark measures how often). Not thread-safe: share one across threads under a lock.
     """
 
     def __init__(
@@ -122,7 +124,7 @@ class DuplicateIndex:
         self._a, self._b = MinHash(num_perm=NUM_PERM, hashfunc=token_hash).permutations
         self.bands, self.rows = _band_shape()
         # Band i's table holds probe i; the last table holds every word-left-out key.
-        self._tables: list[dict[int, Hashable | list[Hashable]]] = [
+        self._tables: list[dict[int | str, Hashable | list[Hashable]]] = [
             {} for _ in range(self.bands + 1)
         ]
 
@@ -155,6 +157,8 @@ class DuplicateIndex:
         bands = _band_keys(self._signatures(prepared), self.bands, self.rows).tolist()
         variants = self._variants(ids_array, lengths_array)
         for item, band_keys, variant_keys in zip(prepared, bands, variants, strict=True):
+            # The text without spaces finds words split or joined ("every day", "everyday").
+            variant_keys.append("\x1f".join(text.replace(" ", "") for text in item.texts))
             item.bands, item.variants = band_keys, variant_keys
         return prepared
 
