@@ -214,7 +214,8 @@ def run_generate(args: argparse.Namespace) -> int:
         )
     rejected = result.rejected
     print(
-        f"{len(result.records)} new records in {result.attempts} attempts this run; dropped "
+        f"{len(result.records) - result.resumed} new records in {result.attempts} attempts "
+        f"this run ({len(result.records)} of {args.n} in all); dropped "
         f"{rejected['duplicate']} duplicates, {rejected['empty']} empty replies, "
         f"{rejected['failed']} failed requests"
         + (f" (first: {result.errors[0]})" if result.errors else "")

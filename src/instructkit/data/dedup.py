@@ -260,6 +260,8 @@ class DuplicateIndex:
 
     def _signatures(self, prepared: list[_Prepared]) -> np.ndarray:
         """(records, NUM_PERM) MinHash signatures: datasketch's affine32 scheme, vectorised."""
+        if not prepared:
+            return np.empty((0, NUM_PERM), dtype=np.uint32)
         counts = np.array([len(item.tokens) for item in prepared], dtype=np.int64)
         tokens = np.concatenate([item.tokens for item in prepared])
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))

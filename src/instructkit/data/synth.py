@@ -105,6 +105,7 @@ class GenerationResult:
     """The records made so far, and what became of this run's other attempts."""
 
     records: list[dict]
+    resumed: int = 0  # records an earlier run had made
     attempts: int = 0
     rejected: Counter[str] = field(default_factory=Counter)  # "duplicate", "empty", "failed"
     errors: list[str] = field(default_factory=list)
@@ -141,7 +142,7 @@ def generate_records(
     settings = {"with": client.spec, "prefix": prefix, "seed": seed, "threshold": threshold}
     partial = Path(f"{out}.partial")
     state = _load_state(partial, out, settings) or {"next_attempt": 0, "records": []}
-    result = GenerationResult(records=list(state["records"]))
+    result = GenerationResult(records=list(state["records"]), resumed=len(state["records"]))
     index = DuplicateIndex(GENERATED_FIELDS, threshold)
     for position, item in enumerate(index.prepare([*existing, *result.records])):
         index.add(position, item)
