@@ -16,11 +16,10 @@ from instructkit.data.dedup import (
     NUM_PERM,
     DuplicateIndex,
     find_duplicates,
-    find_leakage,
-    format_leakage,
     normalize_text,
     token_hash,
 )
+from instructkit.data.leakage import check_splits, find_leakage, format_leakage
 
 BASE = [
     {"instruction": "Name three primary colors.", "input": "", "output": "Red, yellow and blue."},
@@ -185,6 +184,24 @@ def test_leakage_between_splits():
     text = format_leakage(leaks, train, {"test": test, "val": val})
     assert "test: 2 of 3 records duplicate a training record (1 exact, 1 near)" in text
     assert "val: 0 of 1 records" in text
+
+
+def test_check_splits_uses_the_runs_split_and_data_inspect_reports_it(tmp_path, capsys):
+    records, _ = planted()
+    splits = ["train"] * 4 + ["test", "val", "test"] + ["train"] * (len(records) - 7)
+    records = [dict(r, split=s) for r, s in zip(records, splits, strict=True)]
+    check = check_splits(records)
+    assert check.method == "field"
+    assert (check.leak_count("test"), check.leak_count("val")) == (2, 1)
+    assert check.duplicates.removed == planted()[1]
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))
+    assert main(["data", "inspect", str(path), "--tokenizer", "no-such-tokenizer.json"]) == 2
+    printed = capsys.readouterr().out
+    assert "duplicates: 5 duplicates in 3 groups" in printed
+    assert "leakage (field split, into the training split):" in printed
+    assert "test: 2 of 2 records duplicate a training record (1 exact, 1 near)" in printed
+    assert "val: 1 of 1 records duplicate a training record (1 exact, 0 near)" in printed
 
 
 def test_cli_dedup_json_keeps_extra_keys_and_first_of_group(tmp_path, capsys):

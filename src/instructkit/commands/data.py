@@ -1,6 +1,7 @@
 """`instructkit data`: look at an instruction file before training on it, or write the built-in one.
 
 `inspect` validates every record, then reports what training will see: split sizes,
+duplicate records and test/validation records that copy a training record,
 token lengths of prompts and responses, records that truncation would cut (and whose
 end-of-text target the book's collate would lose), records that would train on nothing
 with prompt masking, and the padding efficiency of random, length-grouped and packed
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         load_instructions,
         parse_fields,
     )
+    from instructkit.data.leakage import check_splits, format_split_check
     from instructkit.data.stats import record_stats, token_stats, truncation_limit
     from instructkit.errors import DataError, UserError
 
@@ -117,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         get_style(args.style)  # the unknown-style error, before the file is read
     records = load_instructions(args.file, parse_fields(args.fields))
     _print_records(args.file, record_stats(records, source=str(args.file)))
+    print(format_split_check(check_splits(records, source=str(args.file)), records))
 
     tokenizer = _tokenizer_or_none(args.tokenizer)
     if tokenizer is None:

@@ -11,7 +11,8 @@ normalised first (Unicode NFKC, case folded, punctuation removed, whitespace col
   numbers (so "45 km" and "46 km" stay apart, a changed number changes the answer).
 
 Comparing per field keeps records that share an instruction but differ in input or
-output apart however long the shared instruction is. Finding candidates is MinHash LSH
+output apart however long the shared instruction is. `instructkit.data.leakage` applies
+the same rule across splits. Finding candidates is MinHash LSH
 over the words of each field (`datasketch`); each candidate is verified with the exact
 similarity (`rapidfuzz`), so a report never holds a pair that fails the rule above.
 """
@@ -408,39 +409,7 @@ def find_duplicates(
     return report
 
 
-@dataclass(frozen=True)
-class Leak:
-    """Record `index` of evaluation split `split` duplicates training record `train_index`."""
-
-    split: str
-    index: int
-    train_index: int
-    kind: str
-    similarity: float
-
-
-def find_leakage(
-    train: Sequence[dict],
-    evaluation: dict[str, Sequence[dict]],
-    fields: Sequence[str] = DEFAULT_FIELDS,
-    threshold: float = DEFAULT_THRESHOLD,
-) -> list[Leak]:
-    """Evaluation records (e.g. {"test": ..., "val": ...}) that duplicate a training record."""
-    check_fields(train, fields)
-    index = DuplicateIndex(fields, threshold)
-    for position, prepared in enumerate(index.prepare(train)):
-        index.add(position, prepared)
-    leaks = []
-    for split, records in evaluation.items():
-        check_fields(records, fields, split)
-        for position, prepared in enumerate(index.prepare(records)):
-            found = index.find(prepared)
-            if found is not None:
-                leaks.append(Leak(split, position, found[0], found[1], found[2]))
-    return leaks
-
-
-def _shown(record: dict, fields: Iterable[str], width: int = 70) -> str:
+def shown(record: dict, fields: Iterable[str], width: int = 70) -> str:
     text = " | ".join(record[name] for name in fields if record[name])
     text = " ".join(text.split())
     return repr(text if len(text) <= width else text[: width - 1] + "…")
@@ -456,38 +425,14 @@ def format_duplicates(report: DuplicateReport, records: Sequence[dict], examples
     )
     lines = [head]
     for kept, matches in list(groups.items())[:examples]:
-        lines.append(f"  kept    #{kept}: {_shown(records[kept], report.fields)}")
+        lines.append(f"  kept    #{kept}: {shown(records[kept], report.fields)}")
         for match in matches[:examples]:
             lines.append(
                 f"  removed #{match.index} ({match.kind}, {match.similarity:.2f}): "
-                f"{_shown(records[match.index], report.fields)}"
+                f"{shown(records[match.index], report.fields)}"
             )
         if len(matches) > examples:
             lines.append(f"  ... and {len(matches) - examples} more in this group")
     if len(groups) > examples:
         lines.append(f"  ... and {len(groups) - examples} more groups")
-    return "\n".join(lines)
-
-
-def format_leakage(
-    leaks: Sequence[Leak],
-    train: Sequence[dict],
-    evaluation: dict[str, Sequence[dict]],
-    fields: Sequence[str] = DEFAULT_FIELDS,
-    examples: int = 3,
-) -> str:
-    """Per split: how many records duplicate a training record, and a few of them."""
-    lines = []
-    for split, records in evaluation.items():
-        found = [leak for leak in leaks if leak.split == split]
-        exact = sum(leak.kind == "exact" for leak in found)
-        lines.append(
-            f"{split}: {len(found)} of {len(records)} records duplicate a training record "
-            f"({exact} exact, {len(found) - exact} near)"
-        )
-        for leak in found[:examples]:
-            lines.append(
-                f"  {split} #{leak.index} = train #{leak.train_index} "
-                f"({leak.kind}, {leak.similarity:.2f}): {_shown(records[leak.index], fields)}"
-            )
     return "\n".join(lines)
