@@ -1,10 +1,12 @@
 """`instructkit data`: look at an instruction file before training on it, or write the built-in one.
 
 `inspect` validates every record, then reports what training will see: split sizes,
+duplicate records and test/validation records that copy a training record,
 token lengths of prompts and responses, records that truncation would cut (and whose
 end-of-text target the book's collate would lose), records that would train on nothing
 with prompt masking, and the padding efficiency of random, length-grouped and packed
-batches. `builtin` writes the built-in demo dataset to a file.
+batches. `builtin` writes the built-in demo dataset to a file. `dedup`, `generate` and
+`prefs` (commands.data_tools) remove duplicates and have an LLM write records or DPO pairs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from instructkit.commands import HelpFormatter
+from instructkit.commands.data_tools import register_actions
 from instructkit.commands.finetune import add_finetune_flags
 
 SHOWN_TOKEN_CHARS = 18
@@ -22,7 +25,7 @@ INSPECT_FINETUNE_FLAGS = ("tokenizer", "style", "allowed_max_length", "batch_siz
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "data",
-        help="inspect an instruction file or write the built-in dataset",
+        help="inspect, deduplicate or extend an instruction file; write the built-in dataset",
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=HelpFormatter,
     )
@@ -78,6 +81,7 @@ def register(subparsers) -> None:
     builtin.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file")
     builtin.add_argument("--seed", type=int, default=0, help="generation seed")
     builtin.set_defaults(run=run_builtin)
+    register_actions(actions)
 
 
 def run_builtin(args: argparse.Namespace) -> int:
@@ -96,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         load_instructions,
         parse_fields,
     )
+    from instructkit.data.leakage import check_splits, format_split_check
     from instructkit.data.stats import record_stats, token_stats, truncation_limit
     from instructkit.errors import DataError, UserError
 
@@ -114,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         get_style(args.style)  # the unknown-style error, before the file is read
     records = load_instructions(args.file, parse_fields(args.fields))
     _print_records(args.file, record_stats(records, source=str(args.file)))
+    print(format_split_check(check_splits(records, source=str(args.file)), records))
 
     tokenizer = _tokenizer_or_none(args.tokenizer)
     if tokenizer is None:

@@ -15,7 +15,8 @@ Failures are sorted by what can fix them:
 - a reply without a score in range is kept (`reply`) with `score` null: the judge did
   answer, so the record counts as finished.
 Records are judged by `concurrency` worker threads sharing one `httpx.Client`; results
-come back to the caller's thread, which saves them.
+come back to the caller's thread, which saves them (`run_concurrently`, which data
+generation (`instructkit.data.synth`) shares with the judge).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import re
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Self
+from typing import Self, TypeVar
 
 import httpx
 
@@ -38,6 +39,9 @@ BACKENDS = ("ollama", "openai")
 DEFAULT_URLS = {"ollama": "http://localhost:11434", "openai": "https://api.openai.com"}
 OLLAMA_OPTIONS = {"seed": 123, "temperature": 0, "num_ctx": 2048}
 HISTOGRAM_BINS = 10
+K = TypeVar("K")
+T = TypeVar("T")
+R = TypeVar("R")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])")
 
 
@@ -108,12 +112,12 @@ def parse_score(reply: str) -> int | None:
     return None
 
 
-def parse_judge_spec(spec: str) -> tuple[str, str]:
+def parse_judge_spec(spec: str, flag: str = "--judge") -> tuple[str, str]:
     """ "ollama:llama3" -> ("ollama", "llama3"); the model name may itself contain colons."""
     backend, sep, model = spec.partition(":")
     if not sep or backend not in BACKENDS or not model:
         raise UserError(
-            f"--judge {spec!r} is not BACKEND:MODEL with BACKEND one of {', '.join(BACKENDS)} "
+            f"{flag} {spec!r} is not BACKEND:MODEL with BACKEND one of {', '.join(BACKENDS)} "
             "(for example ollama:llama3 or openai:gpt-4o-mini)"
         )
     return backend, model
@@ -164,17 +168,20 @@ class JudgeClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def ask(self, prompt: str) -> str:
+    def ask(self, prompt: str, *, role: str = "user", options: dict | None = None) -> str:
         """The judge's reply text, retrying transient failures.
 
-        Raises JudgeUnreachable, JudgeRejected (abort the run) or JudgeRequestError (record it).
+        `role` is the message's role (data generation sends an "assistant" turn for the
+        model to continue); `options` (temperature, seed, top_p) override the judge's
+        deterministic sampling. Raises JudgeUnreachable, JudgeRejected (abort the run)
+        or JudgeRequestError (record it).
         """
         attempts = self.retry.retries + 1
         for attempt in range(attempts):
             if self.stop.is_set():
                 raise JudgeRequestError("cancelled")
             try:
-                return self._ask_once(prompt)
+                return self._ask_once(prompt, role, options or {})
             except (httpx.ConnectError, httpx.ConnectTimeout) as error:
                 failure: Exception = JudgeUnreachable(
                     f"cannot reach the judge at {self.url} ({type(error).__name__}: {error}); "
@@ -193,12 +200,22 @@ class JudgeClient:
             raise failure
         raise AssertionError("unreachable")
 
-    def _ask_once(self, prompt: str) -> str:
-        messages = [{"role": "user", "content": prompt}]
+    def _ask_once(self, prompt: str, role: str, options: dict) -> str:
+        messages = [{"role": role, "content": prompt}]
         if self.backend == "ollama":
-            payload = {"model": self.model, "messages": messages, "options": OLLAMA_OPTIONS}
+            payload = {
+                "model": self.model,
+                "messages": messages,
+                "options": {**OLLAMA_OPTIONS, **options},
+            }
         else:
-            payload = {"model": self.model, "messages": messages, "temperature": 0, "seed": 123}
+            payload = {
+                "model": self.model,
+                "messages": messages,
+                "temperature": 0,
+                "seed": 123,
+                **options,
+            }
         deadline = time.monotonic() + self.timeout
         with self._client.stream("POST", self.endpoint, json=payload) as response:
             if response.status_code >= 400:
@@ -274,50 +291,78 @@ def judge_all(
     flush_interval: float = 1.0,
     progress: bool = True,
 ) -> None:
-    """Judge every prompt (keyed by record index), `concurrency` at a time.
+    """Judge every prompt (keyed by record index), `concurrency` at a time (see run_concurrently)."""
+    run_concurrently(
+        client,
+        prompts,
+        lambda prompt: judge_one(client, prompt),
+        on_result,
+        on_flush,
+        concurrency=concurrency,
+        flush_interval=flush_interval,
+        progress=progress,
+        desc=f"judging with {client.spec}",
+    )
 
-    `on_result` runs in the calling thread as each answer arrives; `on_flush` runs at most
-    every `flush_interval` seconds while results are waiting to be saved, and once at the
-    end, also when the run is aborted or interrupted, so finished work is never lost. The
-    workers are daemon threads, so Ctrl-C does not wait for requests still in flight.
+
+def run_concurrently(
+    client: JudgeClient,
+    tasks: Mapping[K, T],
+    work: Callable[[T], R],
+    on_result: Callable[[K, R], None],
+    on_flush: Callable[[], None],
+    *,
+    concurrency: int = 1,
+    flush_interval: float = 1.0,
+    progress: bool = True,
+    desc: str = "asking",
+) -> None:
+    """Run `work(task)` for every task, `concurrency` at a time, on daemon worker threads.
+
+    `work` talks to `client` and returns a result for its task (a failure the caller
+    records is a result too); an exception it raises (JudgeUnreachable, JudgeRejected)
+    stops the run and is raised here. `on_result` runs in the calling thread as each
+    result arrives; `on_flush` runs at most every `flush_interval` seconds while results
+    are waiting to be saved, and once at the end, also when the run is aborted or
+    interrupted, so finished work is never lost. The workers are daemon threads, so
+    Ctrl-C does not wait for requests still in flight.
     """
     from tqdm import tqdm
 
     if concurrency < 1:
         raise UserError(f"--concurrency must be at least 1, got {concurrency}")
-    tasks: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
-    for item in prompts.items():
-        tasks.put(item)
-    results: queue.SimpleQueue[tuple[int, Judgement | None, Exception | None]] = queue.SimpleQueue()
+    client.stop.clear()  # a client serves one run after another
+    pending: queue.SimpleQueue[tuple[K, T]] = queue.SimpleQueue()
+    for item in tasks.items():
+        pending.put(item)
+    results: queue.SimpleQueue[tuple[K, R | None, Exception | None]] = queue.SimpleQueue()
 
-    def work() -> None:
+    def worker() -> None:
         while not client.stop.is_set():
             try:
-                index, prompt = tasks.get_nowait()
+                key, task = pending.get_nowait()
             except queue.Empty:
                 return
             try:
-                results.put((index, judge_one(client, prompt), None))
+                results.put((key, work(task), None))
             except Exception as error:  # noqa: BLE001 (re-raised in the caller's thread)
-                results.put((index, None, error))
+                results.put((key, None, error))
                 return
 
-    for k in range(min(concurrency, len(prompts))):
-        threading.Thread(target=work, name=f"judge-{k}", daemon=True).start()
-    bar = tqdm(
-        total=len(prompts), desc=f"judging with {client.spec}", unit="record", disable=not progress
-    )
-    remaining, dirty, last_flush = len(prompts), False, time.monotonic()
+    for k in range(min(concurrency, len(tasks))):
+        threading.Thread(target=worker, name=f"llm-{k}", daemon=True).start()
+    bar = tqdm(total=len(tasks), desc=desc, unit="record", disable=not progress)
+    remaining, dirty, last_flush = len(tasks), False, time.monotonic()
     try:
         while remaining:
             try:
-                index, judgement, error = results.get(timeout=0.2)
+                key, result, error = results.get(timeout=0.2)
             except queue.Empty:
                 pass
             else:
                 if error is not None:
                     raise error
-                on_result(index, judgement)
+                on_result(key, result)
                 remaining -= 1
                 dirty = True
                 bar.update(1)
