@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from instructkit.errors import ModelError
 from instructkit.model.decoder_config import DecoderConfig
-from instructkit.model.gpt import KVCache, attention_mask
+from instructkit.model.gpt import KVCache, positions_and_mask
 from instructkit.model.head_loss import head_cross_entropy
 
 
@@ -219,27 +218,15 @@ class DecoderModel(nn.Module):
         kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Final RMSNorm output (B, T, C): what the output head reads."""
-        T = input_ids.shape[1]
-        past = kv_cache.length if kv_cache is not None else 0
-        if position_ids is None:
-            if past + T > self.config.context_length:
-                raise ModelError(
-                    f"input of {past + T} positions exceeds the model's context length "
-                    f"{self.config.context_length}; crop it to the last "
-                    f"{self.config.context_length} tokens"
-                )
-            position_ids = torch.arange(past, past + T, device=input_ids.device)[None]  # (1, T)
-        if kv_cache is not None:
-            key_segments = kv_cache.add_segments(segment_ids, T)  # (B, S) | None
-        else:
-            key_segments = segment_ids  # (B, T) | None
-        mask = attention_mask(key_segments, past, T, input_ids.device)  # (B, 1, T, S) | None
+        position_ids, mask = positions_and_mask(
+            input_ids, position_ids, segment_ids, kv_cache, self.config.context_length
+        )  # (B|1, T), (B, 1, T, S) | None
         x = self.embed_tokens(input_ids)  # (B, T, C)
         rope = self.rope(position_ids, x.dtype)  # 2 x (B, 1, T, hs)
         for layer, block in enumerate(self.layers):
             x = block(x, rope, mask, kv_cache, layer)  # (B, T, C)
         if kv_cache is not None:
-            kv_cache.advance(T)
+            kv_cache.advance(input_ids.shape[1])
         return self.norm(x)  # (B, T, C)
 
     def forward(

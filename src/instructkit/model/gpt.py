@@ -158,6 +158,31 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def positions_and_mask(
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    segment_ids: torch.Tensor | None,
+    kv_cache: KVCache | None,
+    context_length: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Position ids (continuing after the cache; given ones win, as packing restarts them
+    per example) and the attention mask: what every decoder family computes first."""
+    T = input_ids.shape[1]
+    past = kv_cache.length if kv_cache is not None else 0
+    if position_ids is None:
+        if past + T > context_length:
+            raise ModelError(
+                f"input of {past + T} positions exceeds the model's context length "
+                f"{context_length}; crop it to the last {context_length} tokens"
+            )
+        position_ids = torch.arange(past, past + T, device=input_ids.device)[None]  # (1, T)
+    if kv_cache is not None:
+        key_segments = kv_cache.add_segments(segment_ids, T)  # (B, S) | None
+    else:
+        key_segments = segment_ids  # (B, T) | None
+    return position_ids, attention_mask(key_segments, past, T, input_ids.device)
+
+
 def attention_mask(
     segment_ids: torch.Tensor | None, past: int, steps: int, device: torch.device
 ) -> torch.Tensor | None:
@@ -241,26 +266,14 @@ class GPTModel(nn.Module):
         kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Final LayerNorm output (B, T, C): what the output head reads."""
-        T = input_ids.shape[1]
-        past = kv_cache.length if kv_cache is not None else 0
-        if position_ids is None:
-            if past + T > self.config.context_length:
-                raise ModelError(
-                    f"input of {past + T} positions exceeds the model's context length "
-                    f"{self.config.context_length}; crop it to the last "
-                    f"{self.config.context_length} tokens"
-                )
-            position_ids = torch.arange(past, past + T, device=input_ids.device)[None]  # (1, T)
-        if kv_cache is not None:
-            key_segments = kv_cache.add_segments(segment_ids, T)  # (B, S) | None
-        else:
-            key_segments = segment_ids  # (B, T) | None
-        mask = attention_mask(key_segments, past, T, input_ids.device)  # (B, 1, T, S) | None
+        position_ids, mask = positions_and_mask(
+            input_ids, position_ids, segment_ids, kv_cache, self.config.context_length
+        )  # (B|1, T), (B, 1, T, S) | None
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
         for layer, block in enumerate(self.h):
             x = block(x, mask, kv_cache, layer)  # (B, T, C)
         if kv_cache is not None:
-            kv_cache.advance(T)
+            kv_cache.advance(input_ids.shape[1])
         return self.ln_f(x)  # (B, T, C)
 
     def forward(
