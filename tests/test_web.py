@@ -122,7 +122,8 @@ def run_dir(tmp_path_factory) -> Path:
         taught_model(tokenizer, style), tokenizer, run / "model", metadata={"style": "alpaca"}
     )
     save_config(
-        FinetuneConfig(data="data.json", out=str(run), model="random:tiny"), run / "config.yaml"
+        FinetuneConfig(data="data.json", out=str(run), model="random:tiny", style="alpaca"),
+        run / "config.yaml",
     )
     write_metrics(run / "metrics.jsonl", metrics_rows(40))
     records = [
