@@ -152,9 +152,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
     def __init__(self, records: list[dict], tokenizer, style="alpaca", offset: int = 0):
         self.tokenizer = as_tokenizer(tokenizer)
         self.style = get_style(style)
-        self.examples = [
-            self._tokenize(record, offset + i) for i, record in enumerate(records)
-        ]
+        self.examples = [self._tokenize(record, offset + i) for i, record in enumerate(records)]
 
     def _tokenize(self, record: dict, index: int) -> PreferencePair:
         prompt = prompt_text(self.style, record)

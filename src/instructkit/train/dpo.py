@@ -188,4 +188,3 @@ def reference_table(
         save_reference(table, len(train_set), path)
     distributed.barrier(info)
     return load_reference(path, len(train_set), len(val_set))
-
