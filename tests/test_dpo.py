@@ -206,3 +206,24 @@ def test_stored_reference_equals_a_fresh_computation(pairs_file, tmp_path, lora_
             assert chosen[i].item() == pytest.approx(expected, abs=1e-3)
             expected = fresh_logps(base, tokenizer, split[i], split[i]["rejected"])
             assert rejected[i].item() == pytest.approx(expected, abs=1e-3)
+
+
+def test_a_conversation_prompt_is_rendered_by_a_conversation_style(tmp_path):
+    from instructkit.data import get_style
+
+    path = tmp_path / "prefs.json"
+    messages = [
+        {"role": "user", "content": "Hi."},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Add 1 and 2."},
+    ]
+    path.write_text(json.dumps([{"prompt": messages, "chosen": "3, gladly.", "rejected": "3."}]))
+    tokenizer = train_tokenizer(["Hi Hello Add gladly <|im_start|> <|im_end|>"], 300)
+    pair = PreferenceDataset(load_preferences(path), tokenizer, style="chatml").examples[0]
+    chatml = get_style("chatml")
+    prompt = chatml.render(messages, add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n") and "Hello." in prompt
+    assert tokenizer.decode(pair.chosen.input_ids).startswith(prompt + "3, gladly.")
+    assert pair.chosen.prompt_length == len(tokenizer.encode(prompt))
+    with pytest.raises(Exception, match="multi-message prompt"):
+        PreferenceDataset(load_preferences(path), tokenizer, style="alpaca")

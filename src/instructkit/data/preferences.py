@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
+from instructkit.data.chat_template import resolve_style
 from instructkit.data.collate import Batch, InstructionCollator
 from instructkit.data.dataset import Example
-from instructkit.data.prompts import PromptStyle, get_style
+from instructkit.data.prompts import PromptStyle
 from instructkit.data.records import (
     JSONL_SUFFIXES,
     Unreadable,
@@ -119,19 +120,23 @@ def _message_problems(messages: list) -> list[str]:
     return problems
 
 
-def prompt_text(style: PromptStyle, record: dict) -> str:
-    """The prompt in the run's style, ending where the response starts."""
+def pair_texts(style: PromptStyle, record: dict, answer: str) -> tuple[str, str]:
+    """The prompt in the run's style (ending where the response starts) and the prompt
+    followed by `answer`, as that style lays out an answer."""
     messages = record.get("messages")
-    if messages is None:
-        return style.prompt(record)
-    if getattr(style, "supports_conversations", False):
-        return style.render(messages, add_generation_prompt=True)
-    if len(messages) == 1:
-        return style.prompt({"instruction": messages[0]["content"], "input": ""})
-    raise UserError(
-        f"prompt style {style.name!r} formats one instruction; a multi-message prompt needs a "
-        "style that lays out conversations"
-    )
+    if messages is not None and getattr(style, "supports_conversations", False):
+        reply = {"role": "assistant", "content": answer}
+        return style.render(messages, add_generation_prompt=True), style.render([*messages, reply])
+    if messages is not None:
+        if len(messages) != 1:
+            raise UserError(
+                f"prompt style {style.name!r} formats one instruction; a multi-message prompt "
+                "needs a style that lays out conversations (chatml or the model's chat template)"
+            )
+        record = {"instruction": messages[0]["content"], "input": ""}
+    single = {"instruction": record["instruction"], "input": record["input"], "output": answer}
+    prompt = style.prompt(single)
+    return prompt, prompt + style.response(single)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,15 +156,15 @@ class PreferenceDataset(torch.utils.data.Dataset):
 
     def __init__(self, records: list[dict], tokenizer, style="alpaca", offset: int = 0):
         self.tokenizer = as_tokenizer(tokenizer)
-        self.style = get_style(style)
+        self.style = resolve_style(style, self.tokenizer)  # None: the model's chat template
         self.examples = [self._tokenize(record, offset + i) for i, record in enumerate(records)]
 
     def _tokenize(self, record: dict, index: int) -> PreferencePair:
-        prompt = prompt_text(self.style, record)
-        prompt_ids = self.tokenizer.encode(prompt)
         pair = []
         for name in ("chosen", "rejected"):
-            ids = self.tokenizer.encode(prompt + self.style.response({"output": record[name]}))
+            prompt, text = pair_texts(self.style, record, record[name])
+            prompt_ids = self.tokenizer.encode(prompt)
+            ids = self.tokenizer.encode(text)
             shared = next(
                 (i for i, (a, b) in enumerate(zip(ids, prompt_ids)) if a != b),
                 min(len(ids), len(prompt_ids)),

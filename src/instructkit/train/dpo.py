@@ -100,7 +100,7 @@ def setup(
     trainable, total = count_parameters(model)
     say(f"Trainable parameters: {trainable:,} of {total:,}")
     train_set = PreferenceDataset(train_records, tokenizer, config.style)
-    val_set = PreferenceDataset(val_records, tokenizer, config.style, offset=len(train_set))
+    val_set = PreferenceDataset(val_records, tokenizer, train_set.style, offset=len(train_set))
     context = model.config.context_length
     collator = PreferenceCollator(
         tokenizer.eos_id, min(config.allowed_max_length or context, context)
