@@ -18,7 +18,7 @@ from instructkit import __version__
 from instructkit.commands import HelpFormatter
 from instructkit.errors import UserError
 
-COMMANDS = ["demo", "data", "finetune", "generate", "evaluate", "serve", "chat"]
+COMMANDS = ["demo", "data", "finetune", "dpo", "generate", "evaluate", "serve", "chat"]
 MAX_PROBLEMS_SHOWN = 20
 
 

@@ -29,6 +29,7 @@ from instructkit.files import write_atomic
 SPLIT_METHODS = ("auto", "book", "shuffled", "field")
 SPLIT_NAMES = ("train", "test", "val")
 LR_SCHEDULES = ("constant", "cosine")
+DPO_LOSSES = ("sigmoid", "ipo")
 PRECISIONS = ("auto", "fp32", "bf16")
 TRAIN_ON = ("assistant", "all")
 
@@ -185,8 +186,69 @@ class FinetuneConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class DPOConfig(FinetuneConfig):
+    """One preference-tuning run (`instructkit dpo`): a fine-tune whose objective is DPO.
+
+    Defaults that differ from fine-tuning follow the book's DPO notebook (lr 5e-6, weight
+    decay 0.01, one epoch, beta 0.1). Prompt masking is implied and packing does not apply.
+    """
+
+    data: str = ""
+    """Preference file (JSON list or JSONL): the book's instruction/input/chosen/rejected records, or prompt/chosen/rejected."""
+    model: str = ""
+    """Model to start from (and the reference policy): typically an SFT run dir; anything finetune accepts."""
+    epochs: int = 1
+    """Passes over the training pairs."""
+    batch_size: int = 8
+    """Preference pairs per micro-batch, per process."""
+    lr: float = 5e-6
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    mask_prompt: bool = True
+    """Always on: only response tokens count in the log-probabilities."""
+    beta: float = 0.1
+    """DPO's beta: how far the policy may move from the reference (higher: less far)."""
+    loss: str = "sigmoid"
+    """'sigmoid' (DPO, Rafailov et al.) or 'ipo' (Azar et al.), on summed response log-probs."""
+    label_smoothing: float = 0.0
+    """Probability that a pair's preference label is flipped (conservative DPO; sigmoid only)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        try:
+            super().__post_init__()
+        except UserError as error:
+            problems.extend(error.problems)
+        problems = [p.replace("no instruction file", "no preference file") for p in problems]
+        if self.beta <= 0:
+            problems.append(f"beta: must be positive, got {self.beta}")
+        if self.loss not in DPO_LOSSES:
+            problems.append(f"loss: {self.loss!r} is not one of {', '.join(DPO_LOSSES)}")
+        if not 0 <= self.label_smoothing < 0.5:
+            problems.append(f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss != "sigmoid":
+            problems.append("label_smoothing: applies to the sigmoid loss only")
+        if self.pack:
+            problems.append("pack: preference pairs are not packed")
+        if not self.mask_prompt:
+            problems.append("mask_prompt: DPO scores response tokens only; it cannot be off")
+        if problems:
+            raise UserError(problems)
+
+
 def field_help(cls: type) -> dict[str, str]:
-    """The attribute docstrings of a config dataclass, read from its source (for --help)."""
+    """The attribute docstrings of a config dataclass and its bases, read from their source
+    (for --help); a subclass's own docstring wins where it redeclares a field."""
+    helps: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            helps.update(_own_field_help(klass))
+    return helps
+
+
+def _own_field_help(cls: type) -> dict[str, str]:
     import ast
     import inspect
     import itertools
@@ -207,10 +269,12 @@ def field_help(cls: type) -> dict[str, str]:
     return helps
 
 
-def check_values(values: dict[str, Any], source: str | None = None) -> None:
+def check_values(
+    values: dict[str, Any], source: str | None = None, cls: type = FinetuneConfig
+) -> None:
     """Reject unknown settings and values of the wrong type, naming `source` (a file)."""
     prefix = f"{source}: " if source else ""
-    known = {f.name: f for f in fields(FinetuneConfig)}
+    known = {f.name: f for f in fields(cls)}
     problems = [f"{prefix}unknown setting {key!r}" for key in sorted(set(values) - set(known))]
     for key, value in values.items():
         if key in known and not _type_ok(value, str(known[key].type)):
@@ -219,12 +283,15 @@ def check_values(values: dict[str, Any], source: str | None = None) -> None:
         raise UserError(problems)
 
 
-def config_from_dict(values: dict[str, Any], source: str | None = None) -> FinetuneConfig:
-    """Build a FinetuneConfig, naming unknown keys and wrong types instead of failing on them."""
-    check_values(values, source)
+def config_from_dict(
+    values: dict[str, Any], source: str | None = None, cls: type = FinetuneConfig
+) -> Any:
+    """Build a FinetuneConfig (or `cls`, e.g. DPOConfig), naming unknown keys and wrong types
+    instead of failing on them."""
+    check_values(values, source, cls)
     prefix = f"{source}: " if source else ""
     try:
-        return FinetuneConfig(**values)
+        return cls(**values)
     except UserError as error:
         raise UserError([f"{prefix}{problem}" for problem in error.problems]) from None
 

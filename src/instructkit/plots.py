@@ -68,7 +68,12 @@ def plot_losses(metrics: Sequence[dict], path: str | Path, title: str = "Fine-tu
 
     train = [row for row in metrics if row.get("train_loss") is not None]
     val = [row for row in metrics if row.get("val_loss") is not None]
-    figure, axis = plt.subplots(figsize=(6, 3.5))
+    margins = any("margin" in row for row in metrics)  # a preference (DPO) run
+    if margins:
+        figure, (axis, margin_axis) = plt.subplots(1, 2, figsize=(11, 3.5))
+        plot_margins(margin_axis, metrics)
+    else:
+        figure, axis = plt.subplots(figsize=(6, 3.5))
     axis.plot([r["epoch"] for r in train], [r["train_loss"] for r in train], label="Training loss")
     axis.plot(
         [r["epoch"] for r in val],
@@ -85,6 +90,21 @@ def plot_losses(metrics: Sequence[dict], path: str | Path, title: str = "Fine-tu
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     tokens_axis = axis.twiny()  # invisible plot, only to align the tokens-seen ticks
     tokens_axis.plot([r["tokens_seen"] for r in train], [r["train_loss"] for r in train], alpha=0)
-    tokens_axis.set_xlabel("Tokens seen")
+    tokens_axis.set_xlabel("Pairs seen" if margins else "Tokens seen")  # the loss's units
     figure.tight_layout()
     return _save_figure(figure, Path(path))
+
+
+def plot_margins(axis, metrics: Sequence[dict]) -> None:
+    """DPO's reward margin (chosen minus rejected), training and validation, over epochs."""
+    for key, label, style in (
+        ("margin", "Training margin", "-"),
+        ("val_margin", "Validation margin", "-."),
+    ):
+        rows = [row for row in metrics if row.get(key) is not None]
+        axis.plot([r["epoch"] for r in rows], [r[key] for r in rows], linestyle=style, label=label)
+    axis.axhline(0.0, color="grey", linewidth=0.5)
+    axis.set_xlabel("Epochs")
+    axis.set_ylabel("Reward margin")
+    axis.set_title("Chosen minus rejected reward")
+    axis.legend(loc="upper left")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from instructkit.commands import HelpFormatter
 
@@ -24,6 +25,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--responses", required=True, help="records with model_response (the book's format)"
+    )
+    parser.add_argument(
+        "--against",
+        metavar="B.json",
+        help="judge pairwise: --responses against these responses to the same records "
+        "(needs --judge; each pair asked in both orders; writes pairwise.json by default)",
     )
     parser.add_argument("--out", help="scores file; when not given, scores.json beside --responses")
     parser.add_argument(
@@ -79,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         )
     elif args.url:
         raise UserError("--url needs --judge BACKEND:MODEL")
+    if args.against:
+        return run_pairwise(args, judge)
     out = args.out or default_scores_path(args.responses)
     try:
         doc = evaluate_responses(
@@ -95,4 +104,27 @@ def run(args: argparse.Namespace) -> int:
             judge.close()
     print(format_report(doc))
     print(f"wrote {out}")
+    return 0
+
+
+def run_pairwise(args: argparse.Namespace, judge) -> int:
+    from instructkit.errors import UserError
+    from instructkit.evaluate.pairwise import compare_responses, format_pairwise
+
+    if judge is None:
+        raise UserError("--against needs --judge BACKEND:MODEL to compare the responses")
+    try:
+        doc = compare_responses(
+            args.responses,
+            args.against,
+            judge,
+            args.out,
+            concurrency=args.concurrency,
+            response_key=args.response_key,
+            progress=not args.quiet,
+        )
+    finally:
+        judge.close()
+    print(format_pairwise(doc))
+    print(f"wrote {args.out or Path(args.responses).with_name('pairwise.json')}")
     return 0

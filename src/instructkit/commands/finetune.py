@@ -81,9 +81,25 @@ def add_finetune_flags(
 
 
 def run(args: argparse.Namespace) -> int:
+    from instructkit.train import finetune
+
+    config = config_from_args(args, FinetuneConfig)
+    result = finetune(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"Fine-tuned {result.steps} steps ({result.epochs:.2f} epochs, "
+            f"{result.tokens_seen:,} target tokens) in {result.elapsed_s:.1f} s; "
+            f"final train loss {_fmt(result.train_loss)}, val loss {_fmt(result.val_loss)}"
+        )
+        print(f"Run directory: {result.out_dir}")
+    return 0
+
+
+def config_from_args(args: argparse.Namespace, cls: type):
+    """The run's config (`cls`: FinetuneConfig, DPOConfig): defaults, or the run's own
+    config.yaml with --resume, then --config FILE, then the flags given."""
     from instructkit.config import check_values, config_from_dict, load_config
     from instructkit.errors import UserError
-    from instructkit.train import finetune
 
     values: dict = {}
     if args.resume:
@@ -95,21 +111,11 @@ def run(args: argparse.Namespace) -> int:
         values.update(load_config(saved))
     if args.config:
         from_file = load_config(args.config)
-        check_values(from_file, source=args.config)
+        check_values(from_file, source=args.config, cls=cls)
         values.update(from_file)
-    names = [f.name for f in dataclasses.fields(FinetuneConfig)]
+    names = [f.name for f in dataclasses.fields(cls)]
     values.update({name: getattr(args, name) for name in names if name in args})
-    config = config_from_dict(values)
-
-    result = finetune(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(
-            f"Fine-tuned {result.steps} steps ({result.epochs:.2f} epochs, "
-            f"{result.tokens_seen:,} target tokens) in {result.elapsed_s:.1f} s; "
-            f"final train loss {_fmt(result.train_loss)}, val loss {_fmt(result.val_loss)}"
-        )
-        print(f"Run directory: {result.out_dir}")
-    return 0
+    return config_from_dict(values, cls=cls)
 
 
 def _fmt(value: float | None) -> str:

@@ -329,12 +329,15 @@ def measure_initial_losses(run: Run) -> None:
     """The book's first printout, and metrics.jsonl's step 0 row."""
     batches = run.config.eval_batches
     run.initial_train_loss = run_evaluate(run, run.train_loader, batches)
+    stats = objective_stats(run, training=False, prefix="")
     run.initial_val_loss = run_evaluate(run, run.val_loader, batches)
+    stats |= objective_stats(run, training=False, prefix="val_")
     run.say(f"Training loss: {run.initial_train_loss}")
     run.say(f"Validation loss: {run.initial_val_loss}")
     if run.info.is_main:
         run.metrics_path.unlink(missing_ok=True)
-        log_row(run, run.initial_train_loss, run.initial_val_loss, run.scheduler.get_last_lr()[0])
+        lr = run.scheduler.get_last_lr()[0]
+        log_row(run, run.initial_train_loss, run.initial_val_loss, lr, stats=stats)
 
 
 # ---- train ------------------------------------------------------------------------------
@@ -380,8 +383,12 @@ def train(run: Run, progress: bool = True) -> None:
                         f"Train loss {run.train_loss:.3f}, Val loss {run.val_loss:.3f}"
                     )
             if evaluated or position.step % run.config.log_every == 0:
+                stats = objective_stats(run, training=True, prefix="")
+                if evaluated:
+                    stats |= objective_stats(run, training=False, prefix="val_")
                 if run.info.is_main:
-                    log_row(run, run.window.mean_loss, run.val_loss, lr, run.window.tokens_per_s)
+                    tok_s = run.window.tokens_per_s
+                    log_row(run, run.window.mean_loss, run.val_loss, lr, tok_s, stats=stats)
                 run.window = LossWindow()
             save_every = run.config.save_every
             if finished or stopping or (save_every and position.step % save_every == 0):
@@ -430,8 +437,21 @@ def run_evaluate(run: Run, loader, num_batches: int) -> float:
     )
 
 
+def objective_stats(run: Run, training: bool, prefix: str) -> dict[str, float]:
+    """What an objective measures besides its loss since last asked (DPO: rewards, margin,
+    accuracy), over all ranks: of its training steps, or of its evaluations. Every rank
+    calls this at the same points."""
+    take = getattr(run.objective, "take_stats", None)
+    return take(training, prefix, run.info, run.device) if take is not None else {}
+
+
 def log_row(
-    run: Run, train_loss: float, val_loss: float | None, lr: float, tokens_per_s=None
+    run: Run,
+    train_loss: float,
+    val_loss: float | None,
+    lr: float,
+    tokens_per_s=None,
+    stats: dict | None = None,
 ) -> None:
     position = run.position
     row = {
@@ -443,6 +463,7 @@ def log_row(
         "val_loss": val_loss,
         "lr": lr,
         "tokens_per_s": tokens_per_s,
+        **(stats or {}),
     }
     append_metrics(run.metrics_path, row)
 

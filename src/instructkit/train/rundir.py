@@ -23,6 +23,7 @@ RUN_ARTIFACTS = (
     "checkpoints",
     "model",
     "adapter.safetensors",
+    "reference_logps.safetensors",
     "responses.json",
     "scores.json",
     "report.md",
@@ -70,7 +71,7 @@ def check_resume_config(config: FinetuneConfig, saved_path: Path) -> None:
     saved = load_config(saved_path)
     problems = [
         f"{field.name}: this run was started with {saved.get(field.name)!r}, now {getattr(config, field.name)!r}"
-        for field in fields(FinetuneConfig)
+        for field in fields(type(config))
         if field.name not in RESUME_MAY_CHANGE
         and field.name in saved
         and saved[field.name] != getattr(config, field.name)
