@@ -15,7 +15,14 @@ from pathlib import Path
 
 from instructkit.commands import HelpFormatter
 from instructkit.commands.flags import add_config_flags
-from instructkit.config import LR_SCHEDULES, PRECISIONS, SPLIT_METHODS, TRAIN_ON, FinetuneConfig
+from instructkit.config import (
+    LR_SCHEDULES,
+    PRECISIONS,
+    SPLIT_METHODS,
+    STRATEGIES,
+    TRAIN_ON,
+    FinetuneConfig,
+)
 
 DESCRIPTION = """\
 Fine-tune a GPT model on instruction/input/output records (the book's chapter 7).
@@ -37,6 +44,7 @@ CHOICES = {
     "lr_schedule": LR_SCHEDULES,
     "precision": PRECISIONS,
     "train_on": TRAIN_ON,
+    "strategy": STRATEGIES,
 }
 
 

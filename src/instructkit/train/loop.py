@@ -41,7 +41,7 @@ from instructkit.errors import DataError, ModelError, UserError
 from instructkit.model import load_pretrained, save_pretrained
 from instructkit.model.lora import apply_lora, count_parameters, merge_lora, save_adapter
 from instructkit.plots import plot_losses
-from instructkit.train import distributed
+from instructkit.train import distributed, fsdp
 from instructkit.train.metrics import LossWindow, append_metrics, read_metrics, truncate_metrics
 from instructkit.train.rundir import check_run_dir, claim_run_dir
 from instructkit.train.schedule import build_scheduler
@@ -173,9 +173,10 @@ def setup(
     )
     batches_per_epoch = len(train_loader)
     total_steps = count_steps(config, batches_per_epoch, len(train_records), info)
+    objective = LossModule(model)
+    train_module = wrap_for_training(objective, config, info, device)  # FSDP: before AdamW
     optimizer, scheduler = build_optimizer(config, model, total_steps, device)
     install_test_step_delay(optimizer)
-    objective = LossModule(model)
     run = Run(
         config=config,
         info=info,
@@ -193,7 +194,7 @@ def setup(
         optimizer=optimizer,
         scheduler=scheduler,
         objective=objective,
-        train_module=wrap_for_training(objective, config, info, device),
+        train_module=train_module,
         autocast=torch.autocast(device.type, torch.bfloat16, enabled=use_bf16(config, device)),
     )
     if info.is_main:  # setup worked: now the run dir becomes this run's
@@ -298,7 +299,13 @@ def build_optimizer(
 def wrap_for_training(
     objective: nn.Module, config: FinetuneConfig, info: distributed.Dist, device: torch.device
 ) -> nn.Module:
-    if info.enabled:
+    """The module training calls: activation checkpointing, then FSDP (in place) or DDP
+    under torchrun, then torch.compile, each when asked."""
+    if config.activation_checkpointing:
+        fsdp.checkpoint_activations(objective)
+    if info.enabled and config.strategy == "fsdp":
+        objective = fsdp.shard(objective, bf16=use_bf16(config, device))
+    elif info.enabled:
         objective = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -468,6 +475,10 @@ def finish(run: Run) -> RunResult:
     """Save the model (LoRA merged, the loaded dropout back) and the loss plot."""
     config, model = run.config, run.model
     model_dir = run.out / "model"
+    if fsdp.is_sharded(model):  # gather the shards (every rank), rank 0 saves a plain copy
+        state = fsdp.full_state_dict(model)
+        lora = (config.lora_rank, config.lora_alpha) if config.lora_rank else None
+        model = fsdp.unsharded_copy(model, state, lora) if run.info.is_main else model
     if run.info.is_main:
         if config.lora_rank:
             save_adapter(model, run.out / "adapter.safetensors")
