@@ -45,6 +45,11 @@ from instructkit.train import distributed, fsdp
 from instructkit.train.metrics import LossWindow, append_metrics, read_metrics, truncate_metrics
 from instructkit.train.rundir import check_run_dir, claim_run_dir
 from instructkit.train.schedule import build_scheduler
+from instructkit.train.sharded import (
+    is_sharded_checkpoint,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+)
 from instructkit.train.state import Position, load_checkpoint, open_epoch, save_run_checkpoint
 from instructkit.train.steps import LossModule, Units, accumulate_gradients, evaluate, target_tokens
 from instructkit.train.stopping import StopRequest, check_finite, install_test_step_delay
@@ -160,7 +165,8 @@ def setup(
     """Data, model, optimizer and position of a run; the run dir is claimed once this works."""
     started = time.perf_counter()
     say = print if info.is_main else _silent
-    checkpoint = check_run_dir(config, resume, overwrite)  # every rank, before any write
+    # every rank, before any write
+    checkpoint = check_run_dir(config, resume, overwrite, info.world_size)
     distributed.barrier(info)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -321,9 +327,8 @@ def use_bf16(config: FinetuneConfig, device: torch.device) -> bool:
 
 
 def resume_from(run: Run, checkpoint: Path) -> None:
-    run.position, run.pending_rng = load_checkpoint(
-        checkpoint, run.model, run.optimizer, run.scheduler
-    )
+    load = load_sharded_checkpoint if is_sharded_checkpoint(checkpoint) else load_checkpoint
+    run.position, run.pending_rng = load(checkpoint, run.model, run.optimizer, run.scheduler)
     run.window = LossWindow(**run.position.counters)
     run.say(
         f"Resuming from {checkpoint} (step {run.position.step}, epoch {run.position.epoch + 1})"
@@ -457,7 +462,10 @@ def log_row(
 def save(run: Run) -> None:
     """A resumable checkpoint, with the loss window so the next row averages the same steps."""
     run.position.counters = asdict(run.window)
-    save_run_checkpoint(
+    run.position.global_batch = run.config.batch_size * run.info.world_size
+    # fsdp: sharded (each rank writes its part); ddp: rank 0 writes the one full copy
+    write = save_sharded_checkpoint if run.config.strategy == "fsdp" else save_run_checkpoint
+    write(
         run.out,
         run.position,
         run.model,
