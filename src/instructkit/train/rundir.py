@@ -80,9 +80,15 @@ def check_resume_config(
     """Refuse changed settings; `batch_size` may change with the number of processes as long
     as the global batch (batch_size x processes) stays the same, which keeps the data order."""
     saved = load_config(saved_path)
-    if saved_global_batch and global_batch == saved_global_batch:
+    problems = []
+    if saved_global_batch:  # the batch size is checked as part of the global batch
         saved["batch_size"] = config.batch_size
-    problems = [
+        if global_batch != saved_global_batch:
+            problems.append(
+                f"batch_size: the checkpoint's global batch (batch_size x processes) is "
+                f"{saved_global_batch}, this run's {global_batch}"
+            )
+    problems += [
         f"{field.name}: this run was started with {saved.get(field.name)!r}, now {getattr(config, field.name)!r}"
         for field in fields(FinetuneConfig)
         if field.name not in RESUME_MAY_CHANGE

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -56,7 +57,11 @@ def save_sharded_checkpoint(
         tmp.mkdir()
     distributed.barrier(info)
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp / STATE_DIR)
+    dcp.save(
+        {"model": model_state, "optimizer": optimizer_state},
+        checkpoint_id=tmp / STATE_DIR,
+        no_dist=not info.enabled,
+    )
     if info.is_main:
         _save(tmp / "trainer.pt", {"scheduler": scheduler.state_dict(), "rng": rng_state()})
         _write_json(tmp / "position.json", asdict(position))
@@ -99,7 +104,7 @@ def load_sharded_checkpoint(
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
     try:
-        dcp.load(state, checkpoint_id=path / STATE_DIR)
+        dcp.load(state, checkpoint_id=path / STATE_DIR, no_dist=not dist.is_initialized())
     except (RuntimeError, ValueError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0]
         raise UserError(
