@@ -122,10 +122,10 @@ def test_torchrun_two_processes_match_one_process(records, tokenizer, tmp_path):
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # The samplers deal global batches round-robin to ranks, so rank r's batch at step s
-    # is global batch 2s + r: one process accumulating 2 micro-batches sees the same data.
-    one = {**common, "out": str(tmp_path / "one"), "grad_accum": 2}
-    two = {**common, "out": str(tmp_path / "two"), "grad_accum": 1}
+    # Each rank takes its half of the global batch of 2 x 2: one process with batch 4 sees
+    # the same data at every step.
+    one = {**common, "out": str(tmp_path / "one"), "batch_size": 4}
+    two = {**common, "out": str(tmp_path / "two")}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
     single = subprocess.Popen(
         [sys.executable, str(runner), json.dumps(one)], env=env, stderr=subprocess.PIPE, text=True

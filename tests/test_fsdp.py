@@ -175,3 +175,25 @@ def test_a_killed_rank_fails_the_job_without_hanging(setup_dir):
     assert done.returncode != 0
     assert "rank" in done.stderr and ("SIGKILL" in done.stderr or "-9" in done.stderr)
     assert not (Path(values["out"]) / "model").exists()
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    from instructkit.model import GPTConfig, GPTModel
+    from instructkit.train.fsdp import checkpoint_activations
+
+    config = GPTConfig(vocab_size=50, context_length=16, emb_dim=16, n_heads=2, n_layers=2)
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = GPTModel(config)
+        if recompute:
+            checkpoint_activations(model)
+        calls = []
+        model.h[0].mlp.register_forward_hook(lambda *args: calls.append(1))
+        model.loss(ids[:, :-1], ids[:, 1:]).backward()
+        assert len(calls) == (2 if recompute else 1)  # recomputed in backward
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()  # parameter names unchanged
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
