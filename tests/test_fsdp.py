@@ -190,7 +190,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
         if recompute:
             checkpoint_activations(model)
         calls = []
-        model.h[0].mlp.register_forward_hook(lambda *args: calls.append(1))
+        model.h[0].attn.register_forward_pre_hook(lambda *args: calls.append(1))
         model.loss(ids[:, :-1], ids[:, 1:]).backward()
         assert len(calls) == (2 if recompute else 1)  # recomputed in backward
         grads.append({name: p.grad for name, p in model.named_parameters()})
