@@ -87,7 +87,12 @@ def worker(rank: int, strategy: str, init_file: str, steps: int, tokens: int, ou
     state += sum(
         local_bytes(v) for s in optimizer.state.values() for v in s.values() if v.dim() > 0
     )
-    row = {"strategy": strategy, "rank": rank, "state_gib": state / GIB, "peak_gib": peak.peak / GIB}
+    row = {
+        "strategy": strategy,
+        "rank": rank,
+        "state_gib": state / GIB,
+        "peak_gib": peak.peak / GIB,
+    }
     with open(f"{out}.{rank}", "w") as handle:
         json.dump(row, handle)
     dist.barrier()

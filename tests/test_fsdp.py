@@ -148,14 +148,17 @@ def test_written_by_two_ranks_resumed_by_one_process_via_the_cli(setup_dir, sing
     run = truncated_copy(fsdp_two, setup_dir / "two_then_one")
     command = [sys.executable, "-m", "instructkit", "finetune", "--out", str(run), "--resume"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    refused = subprocess.run(command + ["--quiet"], env=env, capture_output=True, text=True)
+    refused = subprocess.run(
+        [*command, "--quiet"], env=env, capture_output=True, text=True, check=False
+    )
     assert refused.returncode == 2 and "batch_size" in refused.stderr  # global batch 4 != 8
     done = subprocess.run(
-        command + ["--batch-size", "8", "--quiet"],
+        [*command, "--batch-size", "8", "--quiet"],
         env=env,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Resuming from" in done.stdout and "step 3" in done.stdout
@@ -189,8 +192,8 @@ def test_activation_checkpointing_gives_the_same_gradients():
         model = GPTModel(config)
         if recompute:
             checkpoint_activations(model)
-        calls = []
-        model.h[0].attn.register_forward_pre_hook(lambda *args: calls.append(1))
+        calls: list[int] = []
+        model.h[0].attn.register_forward_pre_hook(lambda *args, calls=calls: calls.append(1))
         model.loss(ids[:, :-1], ids[:, 1:]).backward()
         assert len(calls) == (2 if recompute else 1)  # recomputed in backward
         grads.append({name: p.grad for name, p in model.named_parameters()})

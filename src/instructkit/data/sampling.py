@@ -75,7 +75,9 @@ class _EpochBatchSampler(Sampler[list[int]]):
         if batches and len(batches[-1]) < self.world_size:  # a short last batch (no drop_last)
             everything = [index for batch in batches for index in batch]
             missing = self.world_size - len(batches[-1])  # every rank gets at least one
-            batches[-1] = batches[-1] + (everything * math.ceil(missing / len(everything)))[:missing]
+            batches[-1] = (
+                batches[-1] + (everything * math.ceil(missing / len(everything)))[:missing]
+            )
         return [self._share(batch) for batch in batches]
 
     def _share(self, batch: list[int]) -> list[int]:

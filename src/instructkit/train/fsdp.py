@@ -67,7 +67,9 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=options)
 
 
-def unsharded_copy(model: nn.Module, state: dict[str, torch.Tensor], lora: tuple | None) -> nn.Module:
+def unsharded_copy(
+    model: nn.Module, state: dict[str, torch.Tensor], lora: tuple | None
+) -> nn.Module:
     """A plain model of `model`'s class and config holding `state` (on rank 0, to save)."""
     from instructkit.model.lora import apply_lora
 

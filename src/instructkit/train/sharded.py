@@ -29,7 +29,14 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from instructkit.errors import UserError
 from instructkit.files import fsync_directory
 from instructkit.train import distributed
-from instructkit.train.state import TMP_PREFIX, Position, _save, _write_json, checkpoint_dirs, rng_state
+from instructkit.train.state import (
+    TMP_PREFIX,
+    Position,
+    _save,
+    _write_json,
+    checkpoint_dirs,
+    rng_state,
+)
 
 STATE_DIR = "state"  # the DCP directory inside step-N
 
