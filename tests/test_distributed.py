@@ -122,10 +122,10 @@ def test_torchrun_two_processes_match_one_process(records, tokenizer, tmp_path):
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # The samplers deal global batches round-robin to ranks, so rank r's batch at step s
-    # is global batch 2s + r: one process accumulating 2 micro-batches sees the same data.
-    one = {**common, "out": str(tmp_path / "one"), "grad_accum": 2}
-    two = {**common, "out": str(tmp_path / "two"), "grad_accum": 1}
+    # Each rank takes its half of the global batch of 2 x 2: one process with batch 4 sees
+    # the same data at every step.
+    one = {**common, "out": str(tmp_path / "one"), "batch_size": 4}
+    two = {**common, "out": str(tmp_path / "two")}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
     single = subprocess.Popen(
         [sys.executable, str(runner), json.dumps(one)], env=env, stderr=subprocess.PIPE, text=True
@@ -146,7 +146,8 @@ def test_torchrun_two_processes_match_one_process(records, tokenizer, tmp_path):
     a = load_file(tmp_path / "one" / "model" / "model.safetensors")
     b = load_file(tmp_path / "two" / "model" / "model.safetensors")
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+        # each rank pads its half to its own longest: float rounding, amplified by AdamW
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=5e-4, msg=name)
     rows = {
         run: [
             json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
@@ -156,7 +157,7 @@ def test_torchrun_two_processes_match_one_process(records, tokenizer, tmp_path):
     assert rows["one"][-1]["train_loss"] < rows["one"][0]["train_loss"] - 0.1  # it trained
     for x, y in zip(rows["one"][1:], rows["two"][1:], strict=True):
         assert x["tokens_seen"] == y["tokens_seen"]
-        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-4)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir()
     )

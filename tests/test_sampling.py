@@ -77,19 +77,30 @@ def test_samplers_are_deterministic_per_seed_and_epoch():
         assert list(first) == list(again)
 
 
+SAMPLERS = {
+    "random": lambda batch, **kw: RandomBatchSampler(len(LENGTHS), batch, seed=3, **kw),
+    "grouped": lambda batch, **kw: LengthGroupedSampler(LENGTHS, batch, seed=3, **kw),
+    "packed": lambda batch, **kw: PackedBatchSampler(LENGTHS, 128, batch, seed=3, **kw),
+}
+
+
+@pytest.mark.parametrize("kind", SAMPLERS)
 @pytest.mark.parametrize("drop_last", [False, True])
-def test_ranks_get_disjoint_batches_of_equal_count(drop_last):
-    ranks = [
-        list(LengthGroupedSampler(LENGTHS, 8, seed=3, drop_last=drop_last, rank=r, world_size=3))
-        for r in range(3)
-    ]
-    assert len({len(batches) for batches in ranks}) == 1
-    single = list(LengthGroupedSampler(LENGTHS, 8, seed=3, drop_last=drop_last))
-    dealt = [batch for step in zip(*ranks) for batch in step]
-    if drop_last:
-        assert dealt == single[: len(single) // 3 * 3]
-    else:  # 26 batches: two repeated from the start so every rank has 9
-        assert dealt == single + single[:1]
+def test_ranks_share_the_global_batch_of_one_process(kind, drop_last):
+    """3 ranks of batch 8 take, at every step, the examples 1 process of batch 24 takes."""
+    make = SAMPLERS[kind]
+    ranks = [list(make(8, drop_last=drop_last, rank=r, world_size=3)) for r in range(3)]
+    single = list(make(24, drop_last=drop_last))
+    assert [len(batches) for batches in ranks] == [len(single)] * 3
+    for step, batch in enumerate(single):
+        shares = [ranks[r][step] for r in range(3)]
+        assert all(shares)  # no rank idles
+        if kind == "packed" or step < len(single) - 1 or drop_last:
+            assert sorted(i for share in shares for i in share) == sorted(batch)
+        else:  # a short last batch: topped up from the epoch so every rank has an example
+            assert set(batch) <= {i for share in shares for i in share}
+    if kind != "packed":
+        assert {len(ranks[r][0]) for r in range(3)} == {8}
     with pytest.raises(ValueError, match="rank 3 is not in 0..2"):
         RandomBatchSampler(10, 2, rank=3, world_size=3)
 

@@ -32,6 +32,7 @@ LR_SCHEDULES = ("constant", "cosine")
 DPO_LOSSES = ("sigmoid", "ipo")
 PRECISIONS = ("auto", "fp32", "bf16")
 TRAIN_ON = ("assistant", "all")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -58,7 +59,7 @@ class FinetuneConfig:
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides epochs when smaller)."""
     batch_size: int = 8
-    """Records per micro-batch, per process."""
+    """Records per micro-batch, per process (under torchrun the global batch is batch_size x processes; --resume may change it only if that product stays the same)."""
     grad_accum: int = 1
     """Micro-batches per optimizer step; the loss is the mean over all their target tokens."""
     lr: float = 5e-5
@@ -109,6 +110,10 @@ class FinetuneConfig:
     """'auto' (bf16 autocast on CUDA, fp32 elsewhere), 'fp32', or 'bf16' (autocast on CUDA or CPU)."""
     compile: bool = False
     """Compile the model with torch.compile."""
+    strategy: str = "ddp"
+    """Under torchrun: 'ddp' (a full copy of the model per process) or 'fsdp' (weights, gradients and optimizer state sharded across processes; sharded checkpoints). One process: no effect but the checkpoint format."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward: less memory, about a third more compute."""
     num_workers: int = 0
     """DataLoader worker processes."""
 
@@ -177,6 +182,10 @@ class FinetuneConfig:
         check(
             self.precision in PRECISIONS,
             f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}",
+        )
+        check(
+            self.strategy in STRATEGIES,
+            f"strategy: {self.strategy!r} is not one of {', '.join(STRATEGIES)}",
         )
         check(self.num_workers >= 0, f"num_workers: must be >= 0, got {self.num_workers}")
         if problems:

@@ -15,20 +15,33 @@ from pathlib import Path
 
 from instructkit.commands import HelpFormatter
 from instructkit.commands.flags import add_config_flags
-from instructkit.config import LR_SCHEDULES, PRECISIONS, SPLIT_METHODS, TRAIN_ON, FinetuneConfig
+from instructkit.config import (
+    LR_SCHEDULES,
+    PRECISIONS,
+    SPLIT_METHODS,
+    STRATEGIES,
+    TRAIN_ON,
+    FinetuneConfig,
+)
 
 DESCRIPTION = """\
 Fine-tune a GPT model on instruction/input/output records (the book's chapter 7).
 
 Prints the initial training and validation loss, then a progress bar; writes
 config.yaml, metrics.jsonl, loss.png, checkpoints/step-N/ and model/ (Hugging Face
-GPT-2 layout, LoRA merged) into --out. Multi-process: torchrun --nproc_per_node N
--m instructkit finetune ... (--batch-size is per process).
+GPT-2 layout, LoRA merged) into --out.
+
+Under torchrun (torchrun --nproc_per_node N -m instructkit finetune ...): --batch-size is
+per process (the global batch is batch_size x N), --strategy picks ddp or fsdp, and
+--resume may change --batch-size when batch_size x N stays the same. Every other flag
+means the same in one process or many.
 
 examples:
   instructkit finetune --data instruction-data.json --model gpt2-medium --out runs/book
   instructkit finetune --data data.json --model gpt2 --out runs/lora --lora-rank 16 --lr 1e-4
   instructkit finetune --out runs/book --resume
+  torchrun --nproc_per_node 2 -m instructkit finetune --data data.json --model gpt2-medium \\
+      --out runs/fsdp --batch-size 4 --strategy fsdp
 """
 
 METAVARS = {"data": "FILE", "out": "DIR", "model": "SPEC", "tokenizer": "SPEC"}
@@ -37,6 +50,7 @@ CHOICES = {
     "lr_schedule": LR_SCHEDULES,
     "precision": PRECISIONS,
     "train_on": TRAIN_ON,
+    "strategy": STRATEGIES,
 }
 
 

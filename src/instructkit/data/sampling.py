@@ -2,8 +2,9 @@
 
 Padding costs compute in proportion to the spread of lengths inside a batch. Three batch
 samplers trade that against randomness; all are deterministic for a seed and epoch
-(`set_epoch`), and DDP-aware: global batches are dealt round-robin to `world_size` ranks,
-each rank getting the same number. `pack_lengths` is the greedy first-fit-decreasing
+(`set_epoch`), and distributed-aware: they form global batches of `batch_size *
+world_size` and each rank takes its share of each one, so the examples of a step are the
+same whatever the world size (2 ranks of 4 train on what 1 process of 8 does). `pack_lengths` is the greedy first-fit-decreasing
 packing the collator uses; `PackedBatchSampler` picks, for each batch, examples that this
 same packing places into exactly `rows_per_batch` nearly full rows.
 """
@@ -44,7 +45,7 @@ def pack_lengths(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
 
 class _EpochBatchSampler(Sampler[list[int]]):
-    """Global batches for an epoch, dealt round-robin to this rank; subclasses form batches."""
+    """Global batches for an epoch, this rank's share of each; subclasses form the batches."""
 
     def __init__(self, num_items: int, seed: int, drop_last: bool, rank: int, world_size: int):
         if not 0 <= rank < world_size:
@@ -69,13 +70,20 @@ class _EpochBatchSampler(Sampler[list[int]]):
 
     def _rank_batches(self) -> list[list[int]]:
         batches = self._batches()
-        if self.world_size > 1 and batches:
-            if self.drop_last:
-                batches = batches[: len(batches) // self.world_size * self.world_size]
-            else:  # repeat from the start so every rank runs the same number of steps
-                missing = -len(batches) % self.world_size
-                batches = batches + (batches * math.ceil(missing / len(batches)))[:missing]
-        return batches[self.rank :: self.world_size]
+        if self.world_size == 1:
+            return batches
+        if batches and len(batches[-1]) < self.world_size:  # a short last batch (no drop_last)
+            everything = [index for batch in batches for index in batch]
+            missing = self.world_size - len(batches[-1])  # every rank gets at least one
+            batches[-1] = (
+                batches[-1] + (everything * math.ceil(missing / len(everything)))[:missing]
+            )
+        return [self._share(batch) for batch in batches]
+
+    def _share(self, batch: list[int]) -> list[int]:
+        """This rank's contiguous slice of a global batch (equal slices for a full one)."""
+        size, rank = len(batch), self.rank
+        return batch[size * rank // self.world_size : size * (rank + 1) // self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._rank_batches())
@@ -110,7 +118,7 @@ class RandomBatchSampler(_EpochBatchSampler):
 
     def _batches(self) -> list[list[int]]:
         order = self._permutation() if self.shuffle else list(range(self.num_items))
-        return _chunks(order, self.batch_size, self.drop_last)
+        return _chunks(order, self.batch_size * self.world_size, self.drop_last)
 
 
 class LengthGroupedSampler(_EpochBatchSampler):
@@ -136,11 +144,12 @@ class LengthGroupedSampler(_EpochBatchSampler):
 
     def _batches(self) -> list[list[int]]:
         order = self._permutation()
-        window = self.batch_size * MEGABATCH_BATCHES
+        size = self.batch_size * self.world_size
+        window = size * MEGABATCH_BATCHES
         grouped = []
         for start in range(0, len(order), window):
             grouped.extend(sorted(order[start : start + window], key=lambda i: -self.lengths[i]))
-        batches = _chunks(grouped, self.batch_size, self.drop_last)
+        batches = _chunks(grouped, size, self.drop_last)
         generator = torch.Generator().manual_seed(self.seed + self.epoch + 1)
         return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
@@ -170,7 +179,7 @@ class PackedBatchSampler(_EpochBatchSampler):
         super().__init__(len(lengths), seed, drop_last, rank, world_size)
         self.lengths = [min(length, capacity) for length in lengths]
         self.capacity = capacity
-        self.rows_per_batch = rows_per_batch
+        self.rows_per_batch = rows_per_batch * world_size  # of the global batch
         self.shuffle = shuffle
         self._cache: tuple[int, list[list[int]]] | None = None
 
@@ -198,6 +207,16 @@ class PackedBatchSampler(_EpochBatchSampler):
             batches[-1:] = self._finish(batches[-1])
         self._cache = (self.epoch, batches)
         return batches
+
+    def _share(self, batch: list[int]) -> list[int]:
+        """This rank's share of a global batch: whole packed rows, so every rank packs its
+        examples into its `rows_per_batch` rows."""
+        rows = pack_lengths([self.lengths[i] for i in batch], self.capacity)
+        if len(rows) < self.world_size:
+            return super()._share(batch)
+        size, rank = len(rows), self.rank
+        mine = rows[size * rank // self.world_size : size * (rank + 1) // self.world_size]
+        return [batch[slot] for slot in sorted(slot for row in mine for slot in row)]
 
     def _finish(self, last: list[int]) -> list[list[int]]:
         """The epoch's last batch: dropped if short and drop_last, else split by row length.

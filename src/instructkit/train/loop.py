@@ -41,10 +41,15 @@ from instructkit.errors import DataError, ModelError, UserError
 from instructkit.model import load_pretrained, save_pretrained
 from instructkit.model.lora import apply_lora, count_parameters, merge_lora, save_adapter
 from instructkit.plots import plot_losses
-from instructkit.train import distributed
+from instructkit.train import distributed, fsdp
 from instructkit.train.metrics import LossWindow, append_metrics, read_metrics, truncate_metrics
 from instructkit.train.rundir import check_run_dir, claim_run_dir
 from instructkit.train.schedule import build_scheduler
+from instructkit.train.sharded import (
+    is_sharded_checkpoint,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+)
 from instructkit.train.state import Position, load_checkpoint, open_epoch, save_run_checkpoint
 from instructkit.train.steps import LossModule, Units, accumulate_gradients, evaluate, target_tokens
 from instructkit.train.stopping import StopRequest, check_finite, install_test_step_delay
@@ -160,7 +165,8 @@ def setup(
     """Data, model, optimizer and position of a run; the run dir is claimed once this works."""
     started = time.perf_counter()
     say = print if info.is_main else _silent
-    checkpoint = check_run_dir(config, resume, overwrite)  # every rank, before any write
+    # every rank, before any write
+    checkpoint = check_run_dir(config, resume, overwrite, info.world_size)
     distributed.barrier(info)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -173,9 +179,10 @@ def setup(
     )
     batches_per_epoch = len(train_loader)
     total_steps = count_steps(config, batches_per_epoch, len(train_records), info)
+    objective = LossModule(model)
+    train_module = wrap_for_training(objective, config, info, device)  # FSDP: before AdamW
     optimizer, scheduler = build_optimizer(config, model, total_steps, device)
     install_test_step_delay(optimizer)
-    objective = LossModule(model)
     run = Run(
         config=config,
         info=info,
@@ -193,7 +200,7 @@ def setup(
         optimizer=optimizer,
         scheduler=scheduler,
         objective=objective,
-        train_module=wrap_for_training(objective, config, info, device),
+        train_module=train_module,
         autocast=torch.autocast(device.type, torch.bfloat16, enabled=use_bf16(config, device)),
     )
     if info.is_main:  # setup worked: now the run dir becomes this run's
@@ -298,7 +305,13 @@ def build_optimizer(
 def wrap_for_training(
     objective: nn.Module, config: FinetuneConfig, info: distributed.Dist, device: torch.device
 ) -> nn.Module:
-    if info.enabled:
+    """The module training calls: activation checkpointing, then FSDP (in place) or DDP
+    under torchrun, then torch.compile, each when asked."""
+    if config.activation_checkpointing:
+        fsdp.checkpoint_activations(objective)
+    if info.enabled and config.strategy == "fsdp":
+        objective = fsdp.shard(objective, bf16=use_bf16(config, device))
+    elif info.enabled:
         objective = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -314,9 +327,8 @@ def use_bf16(config: FinetuneConfig, device: torch.device) -> bool:
 
 
 def resume_from(run: Run, checkpoint: Path) -> None:
-    run.position, run.pending_rng = load_checkpoint(
-        checkpoint, run.model, run.optimizer, run.scheduler
-    )
+    load = load_sharded_checkpoint if is_sharded_checkpoint(checkpoint) else load_checkpoint
+    run.position, run.pending_rng = load(checkpoint, run.model, run.optimizer, run.scheduler)
     run.window = LossWindow(**run.position.counters)
     run.say(
         f"Resuming from {checkpoint} (step {run.position.step}, epoch {run.position.epoch + 1})"
@@ -471,7 +483,10 @@ def log_row(
 def save(run: Run) -> None:
     """A resumable checkpoint, with the loss window so the next row averages the same steps."""
     run.position.counters = asdict(run.window)
-    save_run_checkpoint(
+    run.position.global_batch = run.config.batch_size * run.info.world_size
+    # fsdp: sharded (each rank writes its part); ddp: rank 0 writes the one full copy
+    write = save_sharded_checkpoint if run.config.strategy == "fsdp" else save_run_checkpoint
+    write(
         run.out,
         run.position,
         run.model,
@@ -489,6 +504,10 @@ def finish(run: Run) -> RunResult:
     """Save the model (LoRA merged, the loaded dropout back) and the loss plot."""
     config, model = run.config, run.model
     model_dir = run.out / "model"
+    if fsdp.is_sharded(model):  # gather the shards (every rank), rank 0 saves a plain copy
+        state = fsdp.full_state_dict(model)
+        lora = (config.lora_rank, config.lora_alpha) if config.lora_rank else None
+        model = fsdp.unsharded_copy(model, state, lora) if run.info.is_main else model
     if run.info.is_main:
         if config.lora_rank:
             save_adapter(model, run.out / "adapter.safetensors")

@@ -8,6 +8,7 @@ nothing that a second try would refuse.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import fields
 from pathlib import Path
@@ -46,7 +47,9 @@ RESUME_MAY_CHANGE = {
 }
 
 
-def check_run_dir(config: FinetuneConfig, resume: bool, overwrite: bool) -> Path | None:
+def check_run_dir(
+    config: FinetuneConfig, resume: bool, overwrite: bool, world_size: int = 1
+) -> Path | None:
     """Check the run dir against resume/overwrite; return the checkpoint to resume from."""
     out = Path(config.out)
     if resume and overwrite:
@@ -55,8 +58,10 @@ def check_run_dir(config: FinetuneConfig, resume: bool, overwrite: bool) -> Path
         saved = out / "config.yaml"
         if not saved.is_file():
             raise UserError(f"{out}: nothing to resume (no config.yaml in the run directory)")
-        check_resume_config(config, saved)
-        return latest_checkpoint(out / "checkpoints")
+        checkpoint = latest_checkpoint(out / "checkpoints")
+        global_batch = checkpoint_global_batch(checkpoint) if checkpoint else None
+        check_resume_config(config, saved, config.batch_size * world_size, global_batch)
+        return checkpoint
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -67,9 +72,24 @@ def check_run_dir(config: FinetuneConfig, resume: bool, overwrite: bool) -> Path
     return None
 
 
-def check_resume_config(config: FinetuneConfig, saved_path: Path) -> None:
+def check_resume_config(
+    config: FinetuneConfig,
+    saved_path: Path,
+    global_batch: int | None = None,
+    saved_global_batch: int | None = None,
+) -> None:
+    """Refuse changed settings; `batch_size` may change with the number of processes as long
+    as the global batch (batch_size x processes) stays the same, which keeps the data order."""
     saved = load_config(saved_path)
-    problems = [
+    problems = []
+    if saved_global_batch:  # the batch size is checked as part of the global batch
+        saved["batch_size"] = config.batch_size
+        if global_batch != saved_global_batch:
+            problems.append(
+                f"batch_size: the checkpoint's global batch (batch_size x processes) is "
+                f"{saved_global_batch}, this run's {global_batch}"
+            )
+    problems += [
         f"{field.name}: this run was started with {saved.get(field.name)!r}, now {getattr(config, field.name)!r}"
         for field in fields(type(config))
         if field.name not in RESUME_MAY_CHANGE
@@ -80,6 +100,15 @@ def check_resume_config(config: FinetuneConfig, saved_path: Path) -> None:
         raise UserError(
             [f"{saved_path}: cannot resume with a different setting ({p})" for p in problems]
         )
+
+
+def checkpoint_global_batch(checkpoint: Path) -> int | None:
+    """The global batch of the run that wrote `checkpoint` (None if it predates the record)."""
+    try:
+        position = json.loads((checkpoint / "position.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserError(f"{checkpoint}: cannot read checkpoint ({error})") from None
+    return position.get("global_batch") or None
 
 
 def claim_run_dir(config: FinetuneConfig, overwrite: bool) -> None:

@@ -47,6 +47,7 @@ class Position:
     tokens_seen: int = 0
     records_seen: int = 0
     counters: dict[str, float] = field(default_factory=dict)
+    global_batch: int = 0  # batch_size x processes that wrote it (0: not recorded)
 
 
 def rng_state() -> dict[str, Any]:

@@ -55,8 +55,8 @@ def accumulate_gradients(
     loss per unit over the whole step on all ranks.
 
     The step's units are counted first (summed over ranks), each micro-batch's summed loss
-    is divided by that count, and DDP's averaging over ranks is undone by `world_size`;
-    gradients sync once, on the last micro-batch. Returns this rank's loss sum, and the
+    is divided by that count, and DDP's (or FSDP's) averaging over ranks is undone by
+    `world_size`; DDP gradients sync once, on the last micro-batch. Returns this rank's loss sum, and the
     global unit and record counts.
     """
     local_units = sum(units(batch) for batch in micro)
@@ -68,7 +68,9 @@ def accumulate_gradients(
     for i, batch in enumerate(micro):
         batch = batch.to(device)
         last = i == len(micro) - 1
-        sync = contextlib.nullcontext() if last or not info.enabled else train_module.no_sync()
+        # DDP syncs on the last micro-batch only; FSDP (no `no_sync`) reduce-scatters each.
+        skip_sync = not last and hasattr(train_module, "no_sync")
+        sync = train_module.no_sync() if skip_sync else contextlib.nullcontext()
         with sync:
             with autocast:
                 batch_loss = train_module(batch)
