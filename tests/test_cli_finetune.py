@@ -189,3 +189,82 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(files, tmp_path):
     step = json.loads((checkpoint / "position.json").read_text())["step"]
     assert 2 <= step < 40 and checkpoint.name == f"step-{step}"
     assert not (out / "model").exists()
+
+
+# ---- signals: the checkpoint is saved whoever stops the run, and however ---------------
+
+
+def start_slow_run(files, out, *extra, stdout=subprocess.PIPE, env_extra=None):
+    env = {
+        **os.environ,
+        "INSTRUCTKIT_TEST_STEP_DELAY": "0.3",
+        "OMP_NUM_THREADS": "1",
+        **(env_extra or {}),
+    }
+    command = [sys.executable, "-m", "instructkit", *base_args(files, out), "--max-steps", "40"]
+    return subprocess.Popen(
+        [*command, *extra], env=env, stdout=stdout, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def wait_for_rows(process, out, rows: int = 3) -> None:
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 120
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < rows:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def saved_step(out) -> int:
+    (checkpoint,) = (out / "checkpoints").iterdir()  # save_every 100: only the stop's one
+    step = json.loads((checkpoint / "position.json").read_text())["step"]
+    assert 2 <= step < 40 and checkpoint.name == f"step-{step}"
+    return step
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(files, tmp_path):
+    out = tmp_path / "run"
+    process = start_slow_run(files, out)
+    wait_for_rows(process, out)
+    process.send_signal(signal.SIGTERM)  # what `timeout`, `kill` and schedulers send
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 143, output
+    assert "continue with --resume" in output and "Traceback" not in output
+    saved_step(out)
+    assert not (out / "model").exists()
+
+
+def test_ctrl_c_when_the_pipe_reader_died_too_still_saves_and_exits_130(files, tmp_path):
+    # `finetune ... 2>&1 | tee log`, then Ctrl-C: tee dies of the same signal, so every
+    # write after it (the stop message, the progress bar) meets a broken pipe.
+    out = tmp_path / "run"
+    args = [a for a in base_args(files, out) if a != "--quiet"]  # the progress bar writes too
+    env = {**os.environ, "INSTRUCTKIT_TEST_STEP_DELAY": "0.3", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "instructkit", *args, "--max-steps", "40"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for_rows(process, out)
+    process.stdout.close()  # the reader dies ...
+    process.send_signal(signal.SIGINT)  # ... with the same Ctrl-C
+    assert process.wait(timeout=60) == 130
+    saved_step(out)
+
+
+def test_a_second_ctrl_c_during_the_save_exits_130_and_leaves_no_partial_checkpoint(
+    files, tmp_path
+):
+    out = tmp_path / "run"
+    process = start_slow_run(files, out, env_extra={"INSTRUCTKIT_TEST_SAVE_DELAY": "30"})
+    wait_for_rows(process, out)
+    process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while not list((out / "checkpoints").glob(".tmp-step-*")):  # the save has begun
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # impatient: abort the save
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert "Traceback" not in output and output.rstrip().endswith("interrupted")
+    assert list((out / "checkpoints").iterdir()) == []

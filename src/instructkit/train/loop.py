@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -28,7 +29,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from instructkit import console
 from instructkit.config import FinetuneConfig
+from instructkit.console import PipeSafe
 from instructkit.data import (
     InstructionCollator,
     InstructionDataset,
@@ -159,7 +162,7 @@ def setup(
 ) -> Run:
     """Data, model, optimizer and position of a run; the run dir is claimed once this works."""
     started = time.perf_counter()
-    say = print if info.is_main else _silent
+    say = console.say if info.is_main else _silent
     checkpoint = check_run_dir(config, resume, overwrite)  # every rank, before any write
     distributed.barrier(info)
     random.seed(config.seed)
@@ -344,8 +347,8 @@ def measure_initial_losses(run: Run) -> None:
 
 
 def train(run: Run, progress: bool = True) -> None:
-    """Optimizer steps up to `total_steps`. On Ctrl-C: finish the step, save a checkpoint,
-    raise KeyboardInterrupt (every rank stops at the same step)."""
+    """Optimizer steps up to `total_steps`. On Ctrl-C or SIGTERM: finish the step, save a
+    checkpoint, raise KeyboardInterrupt or `Terminated` (every rank stops at the same step)."""
     position = run.position
     stop = StopRequest()
     bar = tqdm(
@@ -355,6 +358,7 @@ def train(run: Run, progress: bool = True) -> None:
         unit="step",
         disable=not (progress and run.info.is_main),
         dynamic_ncols=True,
+        file=PipeSafe(sys.stderr),  # a `| tee` killed by the Ctrl-C must not cost the save
     )
     batches: Iterator | None = None
     with stop.installed(), bar:
@@ -399,7 +403,7 @@ def train(run: Run, progress: bool = True) -> None:
                     f"Interrupted: saved checkpoint step-{position.step} in "
                     f"{run.out / 'checkpoints'}; continue with --resume"
                 )
-                raise KeyboardInterrupt
+                raise stop.interrupt()
 
 
 def optimizer_step(run: Run, batches: Iterator, stop: StopRequest) -> tuple[float, bool]:
