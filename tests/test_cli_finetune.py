@@ -268,3 +268,57 @@ def test_a_second_ctrl_c_during_the_save_exits_130_and_leaves_no_partial_checkpo
     assert process.returncode == 130, output
     assert "Traceback" not in output and output.rstrip().endswith("interrupted")
     assert list((out / "checkpoints").iterdir()) == []
+
+
+# ---- one process per run dir, the same data on resume, a clean dir after divergence -----
+
+
+def test_two_processes_racing_for_one_run_dir_one_wins_the_other_exits_2(files, tmp_path):
+    out = tmp_path / "run"
+    racers = [start_slow_run(files, out, "--overwrite") for _ in range(2)]
+    outputs = [racer.communicate(timeout=180)[0] for racer in racers]
+    by_code = {racer.returncode: (racer, output) for racer, output in zip(racers, outputs)}
+    assert sorted(by_code) == [0, 2], outputs
+    winner, loser_output = by_code[0][0], by_code[2][1]
+    assert loser_output.strip().splitlines() == [
+        f"error: {out}: in use by instructkit process {winner.pid}; wait for it to finish "
+        "or stop it (one process per run directory)"
+    ]
+    rows = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows == list(range(len(rows))) and len(rows) > 10  # one run's, not two interleaved
+    assert not (out / ".lock").exists()  # released and removed at the end
+
+
+def test_resume_on_changed_data_is_refused_with_the_reason(files, tmp_path, capsys):
+    data, tok = files
+    changed = tmp_path / "records.json"
+    changed.write_text(data.read_text())
+    out = tmp_path / "run"
+    args = [*base_args((changed, tok), out), "--save-every", "1"]
+    assert main([*args, "--max-steps", "2"]) == 0
+    records = json.loads(changed.read_text())
+    changed.write_text(json.dumps(records[:40]))  # edited in place: 48 -> 40 records
+    capsys.readouterr()
+    assert main(["finetune", "--out", str(out), "--resume", "--max-steps", "4", "--quiet"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {changed}: the data changed since {out} started")
+    assert "48 records then, 40 now" in line
+    changed.write_text(json.dumps(records))  # restored: resuming works again
+    assert main(["finetune", "--out", str(out), "--resume", "--max-steps", "4", "--quiet"]) == 0
+
+
+def test_divergence_before_any_checkpoint_leaves_nothing_a_retry_must_overwrite(
+    files, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    assert main([*base_args(files, out), "--max-steps", "3", "--lr", "inf"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "loss became nan at step 2" in line and "none (no checkpoint yet)" in line
+    assert not out.exists()  # as it found it
+    assert main([*base_args(files, out), "--max-steps", "1"]) == 0  # no --overwrite needed
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main([*base_args(files, mine), "--max-steps", "3", "--lr", "inf", "--overwrite"]) == 2
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

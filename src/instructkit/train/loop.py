@@ -41,16 +41,29 @@ from instructkit.data import (
 )
 from instructkit.data.chat_template import resolve_style
 from instructkit.errors import DataError, ModelError, UserError
+from instructkit.files import check_writable
 from instructkit.model import load_pretrained, save_pretrained
 from instructkit.model.lora import apply_lora, count_parameters, merge_lora, save_adapter
 from instructkit.plots import plot_losses
 from instructkit.train import distributed
 from instructkit.train.metrics import LossWindow, append_metrics, read_metrics, truncate_metrics
-from instructkit.train.rundir import check_run_dir, claim_run_dir
+from instructkit.train.guards import check_fingerprint, owned_run_dir, records_fingerprint
+from instructkit.train.rundir import check_run_dir, claim_run_dir, remove_run_artifacts
 from instructkit.train.schedule import build_scheduler
-from instructkit.train.state import Position, load_checkpoint, open_epoch, save_run_checkpoint
+from instructkit.train.state import (
+    Position,
+    latest_checkpoint,
+    load_checkpoint,
+    open_epoch,
+    save_run_checkpoint,
+)
 from instructkit.train.steps import LossModule, Units, accumulate_gradients, evaluate, target_tokens
-from instructkit.train.stopping import StopRequest, check_finite, install_test_step_delay
+from instructkit.train.stopping import (
+    DivergedError,
+    StopRequest,
+    check_finite,
+    install_test_step_delay,
+)
 
 
 @dataclass
@@ -108,6 +121,10 @@ class Run:
         return Path(self.config.out)
 
     @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
     def metrics_path(self) -> Path:
         return self.out / "metrics.jsonl"
 
@@ -130,19 +147,26 @@ def finetune(
     `tokenizer` (an instructkit Tokenizer or a tiktoken Encoding) overrides
     `config.tokenizer`. Under torchrun every rank calls this; rank 0 alone writes files.
     """
+    check_writable(config.out, "--out", directory=True)  # before any long work
     info, device = distributed.init(config.device)
     try:
-        run = setup(
-            config,
-            info,
-            device,
-            records=records,
-            tokenizer=tokenizer,
-            resume=resume,
-            overwrite=overwrite,
-        )
-        train(run, progress)
-        return finish(run)
+        with owned_run_dir(config.out, hold=info.is_main):  # one process per run dir
+            run = setup(
+                config,
+                info,
+                device,
+                records=records,
+                tokenizer=tokenizer,
+                resume=resume,
+                overwrite=overwrite,
+            )
+            try:
+                train(run, progress)
+            except DivergedError:
+                if info.is_main and not resume and latest_checkpoint(run.checkpoints) is None:
+                    remove_run_artifacts(run.out)  # nothing worth keeping: a retry starts clean
+                raise
+            return finish(run)
     finally:
         distributed.shutdown(info)
 
@@ -167,6 +191,11 @@ def setup(
     distributed.barrier(info)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
+    if records is None:
+        records = load_instructions(config.data)
+    fingerprint = records_fingerprint(records)
+    if resume:  # the same records, or the data position and the model are meaningless
+        check_fingerprint(Path(config.out), fingerprint, config.data)
     train_records, val_records = load_splits(config, records)
     model, tokenizer, model_dropout = load_model(config, tokenizer, device, say)
     trainable, total = count_parameters(model)
@@ -200,7 +229,7 @@ def setup(
         autocast=torch.autocast(device.type, torch.bfloat16, enabled=use_bf16(config, device)),
     )
     if info.is_main:  # setup worked: now the run dir becomes this run's
-        claim_run_dir(config, overwrite)
+        claim_run_dir(config, overwrite, fingerprint)
     distributed.barrier(info)
     if checkpoint is not None:
         resume_from(run, checkpoint)
@@ -419,7 +448,7 @@ def optimizer_step(run: Run, batches: Iterator, stop: StopRequest) -> tuple[floa
         [local_loss, float(stop.requested)], run.info, run.device
     )
     run.train_loss = loss_sum / max(tokens, 1.0)
-    check_finite(run.train_loss, run.position.step + 1, run.out / "checkpoints")
+    check_finite(run.train_loss, run.position.step + 1, run.checkpoints)
     if run.config.grad_clip is not None:
         params = [p for group in run.optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, run.config.grad_clip)
