@@ -103,20 +103,25 @@ def run(args: argparse.Namespace) -> int:
     from instructkit.data.leakage import check_splits, format_split_check
     from instructkit.data.stats import record_stats, token_stats, truncation_limit
     from instructkit.errors import DataError, UserError
+    from instructkit.files import check_writable
 
     problems = [
-        f"--{name.replace('_', '-')} must be at least 1, got {value}"
-        for name, value in (
-            ("context_length", args.context_length),
-            ("allowed_max_length", args.allowed_max_length),
-            ("batch_size", args.batch_size),
+        f"--{name.replace('_', '-')} must be at least {low}, got {value}"
+        for name, value, low in (
+            ("context_length", args.context_length, 1),
+            ("allowed_max_length", args.allowed_max_length, 1),
+            ("batch_size", args.batch_size, 1),
+            ("check_examples", args.check_examples, 1),
+            ("show_labels", args.show_labels, 0),
         )
-        if value is not None and value < 1
+        if value is not None and value < low
     ]
     if problems:
         raise UserError(problems)
     if args.style is not None and args.style not in STYLE_NAMES:
         get_style(args.style)  # the unknown-style error, before the file is read
+    if args.plot:
+        check_writable(args.plot, "--plot")
     records = load_instructions(args.file, parse_fields(args.fields))
     _print_records(args.file, record_stats(records, source=str(args.file)))
     print(format_split_check(check_splits(records, source=str(args.file)), records))
