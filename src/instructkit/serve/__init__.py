@@ -75,6 +75,7 @@ def run_server(
     log_level: str = "info",
     sock: socket.socket | None = None,
     run_dir: Path | None = None,
+    max_body_bytes: int | None = None,
 ) -> None:
     """Serve until interrupted, on `sock` when given (bound already), else on host:port;
     without an engine, only the run page for `run_dir`."""
@@ -87,7 +88,8 @@ def run_server(
     if engine is None:
         app = create_run_app(run_dir, api_key=api_key)
     else:
-        app = create_app(engine, api_key=api_key, run_dir=run_dir)
+        limit = {} if max_body_bytes is None else {"max_body_bytes": max_body_bytes}
+        app = create_app(engine, api_key=api_key, run_dir=run_dir, **limit)
     config = uvicorn.Config(app, log_level=log_level)
     try:
         uvicorn.Server(config).run(sockets=[sock])
