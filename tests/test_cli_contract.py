@@ -185,3 +185,22 @@ def test_a_temperature_that_is_not_a_finite_number(command, value, capsys):
     if command == "generate":
         args += ["--prompt", "Hi"]
     assert_one_line(capsys, args, "temperature must be a finite number")
+
+
+def test_counts_of_one_are_singular(tmp_path, capsys):
+    from instructkit.console import plural
+
+    assert [plural(1, "record"), plural(2, "record"), plural(1100, "record")] == [
+        "1 record", "2 records", "1,100 records"
+    ]  # fmt: skip
+    assert plural(1, "process", "processes") == "1 process"
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hi."}]))
+    assert main(["data", "inspect", str(one), "--tokenizer", "none.json", "--quiet"]) == 2
+    assert f"{one}: 1 record, all valid" in capsys.readouterr().out
+    args = ["finetune", "--data", str(EXAMPLES), "--model", "random:tiny", "--tokenizer",
+            str(tmp_path / "tok"), "--out", str(tmp_path / "run"), "--batch-size", "64"]  # fmt: skip
+    from instructkit.tokenizer import train_tokenizer
+
+    train_tokenizer(["Say hi. Hi."] * 5, 300).save(tmp_path / "tok")
+    assert_one_line(capsys, args, "fill no batch of 64 per process (1 process)")

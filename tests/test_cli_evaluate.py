@@ -249,7 +249,7 @@ def test_some_refused_requests_are_reported_without_run_again(tmp_path, capsys):
     responses = tmp_path / "responses.json"
     records = write_records(responses, 3)
     refused = judge_prompt(records[0])
-    script = lambda prompt, attempt: ("status", 400) if prompt == refused else ("reply", "70")  # noqa: E731
+    script = lambda prompt, attempt: ("status", 400) if prompt == refused else ("reply", "70")
     with FakeJudge(script) as fake:
         assert evaluate_with(fake, responses) == 0
     out = capsys.readouterr().out

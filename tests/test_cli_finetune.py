@@ -280,10 +280,11 @@ def test_two_processes_racing_for_one_run_dir_one_wins_the_other_exits_2(files, 
     by_code = {racer.returncode: (racer, output) for racer, output in zip(racers, outputs)}
     assert sorted(by_code) == [0, 2], outputs
     winner, loser_output = by_code[0][0], by_code[2][1]
-    assert loser_output.strip().splitlines() == [
+    expected = (
         f"error: {out}: in use by instructkit process {winner.pid}; wait for it to finish "
         "or stop it (one process per run directory)"
-    ]
+    )
+    assert loser_output.strip().splitlines() == [expected]
     rows = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows == list(range(len(rows))) and len(rows) > 10  # one run's, not two interleaved
     assert not (out / ".lock").exists()  # released and removed at the end
@@ -322,3 +323,15 @@ def test_divergence_before_any_checkpoint_leaves_nothing_a_retry_must_overwrite(
     (mine / "notes.txt").write_text("mine")
     assert main([*base_args(files, mine), "--max-steps", "3", "--lr", "inf", "--overwrite"]) == 2
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_resuming_a_finished_run_reports_its_losses_and_a_fractional_epoch(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*base_args(files, out), "--max-steps", "3"]) == 0
+    capsys.readouterr()
+    assert main(["finetune", "--out", str(out), "--resume", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["step"] == 3 and 0 < last["epoch"] < 1
+    assert f"(step 3, epoch {last['epoch']:.2f})" in printed
+    assert f"final train loss {last['train_loss']:.3f}, val loss {last['val_loss']:.3f}" in printed

@@ -63,12 +63,11 @@ def test_the_same_process_can_take_the_lock_again_after_release(tmp_path):
 
 def test_release_removes_the_lock_file_and_a_stale_handle_is_not_a_lock(tmp_path):
     first = RunLock(tmp_path).acquire()
-    stale = open(tmp_path / LOCK_FILE)  # a racer opened the file before the owner released it
-    first.release()
-    assert not (tmp_path / LOCK_FILE).exists()
-    second = RunLock(tmp_path).acquire()  # takes a new file, not the removed one
-    assert os.stat(tmp_path / LOCK_FILE).st_ino != os.fstat(stale.fileno()).st_ino
-    stale.close()
+    with open(tmp_path / LOCK_FILE) as stale:  # a racer opened it before the owner released it
+        first.release()
+        assert not (tmp_path / LOCK_FILE).exists()
+        second = RunLock(tmp_path).acquire()  # takes a new file, not the removed one
+        assert os.stat(tmp_path / LOCK_FILE).st_ino != os.fstat(stale.fileno()).st_ino
     second.release()
 
 

@@ -547,7 +547,9 @@ def test_health_answers_while_a_big_request_is_tokenised(engine):
     body = {"messages": [{"role": "user", "content": "word " * 100_000}], "max_tokens": 1}
     with serve_in_thread(create_app(slow)) as base:
         big = threading.Thread(
-            target=httpx.post, args=(f"{base}/v1/chat/completions",), kwargs={"json": body, "timeout": 60}
+            target=httpx.post,
+            args=(f"{base}/v1/chat/completions",),
+            kwargs={"json": body, "timeout": 60},
         )
         big.start()
         time.sleep(0.5)  # the big request is being tokenised now

@@ -4,14 +4,18 @@
 `tee` too, so the run's next write to the pipe fails with `BrokenPipeError`. That must
 not cost the checkpoint the Ctrl-C asked for, so output on the way out goes through
 `say` or a `PipeSafe` stream: the first broken pipe sends all further output of the
-process to /dev/null and the work goes on. Also the plural of a count ("1 record").
+process to /dev/null and the work goes on. Also a progress bar for long work, and the
+plural of a count ("1 record").
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any, TextIO
+from collections.abc import Iterable
+from typing import Any, TextIO, TypeVar
+
+T = TypeVar("T")
 
 
 def quiet_broken_pipe() -> None:
@@ -58,6 +62,21 @@ def flush_output() -> None:
     """Flush stdout and stderr now, so a broken pipe cannot fail the interpreter's exit."""
     for stream in (sys.stdout, sys.stderr):
         PipeSafe(stream).flush()
+
+
+PROGRESS_DELAY = 1.0  # seconds of work before a bar appears: quick runs stay quiet
+
+
+def progress(items: Iterable[T], desc: str, unit: str, *, enabled: bool = True) -> Iterable[T]:
+    """`items`, with a progress bar on stderr once the work has taken `PROGRESS_DELAY`
+    seconds (a 50 MB data file is not 15 s of silence); the bar survives a broken pipe."""
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        items, desc=desc, unit=unit, delay=PROGRESS_DELAY, leave=False, file=PipeSafe(sys.stderr)
+    )
 
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:

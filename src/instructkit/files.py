@@ -126,7 +126,9 @@ def check_writable(path: str | os.PathLike, what: str, *, directory: bool = Fals
     """
     path = Path(path)
     if path.is_dir() != directory and path.exists():
-        kind = "is a directory; give a file name" if path.is_dir() else "exists and is not a directory"
+        kind = (
+            "is a directory; give a file name" if path.is_dir() else "exists and is not a directory"
+        )
         raise UserError(f"{what} {path}: {kind}")
     existing = path if directory and path.is_dir() else path.parent
     while not existing.exists() and existing != existing.parent:

@@ -70,6 +70,9 @@ def register(subparsers) -> None:
     inspect.add_argument(
         "--check-examples", type=int, default=16, help="examples the packing self-test uses"
     )
+    inspect.add_argument(
+        "--quiet", action="store_true", help="no progress bars (shown when a file takes a while)"
+    )
     inspect.set_defaults(run=run)
 
     builtin = actions.add_parser(
@@ -129,9 +132,13 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = _tokenizer_or_none(args.tokenizer)
     if tokenizer is None:
         return 0
-    dataset = InstructionDataset(records, tokenizer, args.style)  # None: template or alpaca
+    dataset = InstructionDataset(  # style None: the model's template or alpaca
+        records, tokenizer, args.style, progress=not args.quiet
+    )
     limit = truncation_limit(args.allowed_max_length, args.context_length)
-    stats = token_stats(dataset, args.context_length, limit, args.batch_size, args.seed)
+    stats = token_stats(
+        dataset, args.context_length, limit, args.batch_size, args.seed, progress=not args.quiet
+    )
     _print_tokens(stats, dataset, args.batch_size)
 
     if args.show_labels:
@@ -157,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_records(path: Path, stats) -> None:
-    print(f"{path}: {stats.records} records, all valid")
+    from instructkit.console import plural
+
+    print(f"{path}: {plural(stats.records, 'record')}, all valid")
     print(f"  with input: {stats.with_input}")
     if stats.extra_keys:
         print(f"  extra keys kept: {', '.join(stats.extra_keys)}")
@@ -210,6 +219,7 @@ def _print_tokens(stats, dataset, batch_size: int) -> None:
 
 def _check_packing(args, dataset, limit: int) -> None:
     """Run the packed-vs-padded self-test on the first examples of the user's data."""
+    from instructkit.console import plural
     from instructkit.data.packing_check import TOLERANCE, check_packing
     from instructkit.errors import UserError
     from instructkit.model import load_pretrained
@@ -219,8 +229,8 @@ def _check_packing(args, dataset, limit: int) -> None:
     examples = dataset.examples[: args.check_examples]
     check = check_packing(model, examples, dataset.tokenizer.eos_id, max_length)
     print(
-        f"packing self-test ({args.model}, {check.examples} examples in {check.packed_rows} "
-        f"packed rows): max logit difference {check.max_logit_difference:.2e}, loss padded "
+        f"packing self-test ({args.model}, {plural(check.examples, 'example')} in "
+        f"{plural(check.packed_rows, 'packed row')}): max logit difference {check.max_logit_difference:.2e}, loss padded "
         f"{check.loss_padded:.6f} vs packed {check.loss_packed:.6f}"
     )
     if not check.passed:

@@ -69,6 +69,7 @@ def training_split(model: str) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from instructkit.console import plural
     from instructkit.data import load_instructions, split_records
     from instructkit.files import check_writable
     from instructkit.loading import load_for_generation
@@ -101,6 +102,6 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(
-        f"wrote {len(records)} responses ({args.split} split of {args.data}, style {style.name}) to {out}"
+        f"wrote {plural(len(records), 'response')} ({args.split} split of {args.data}, style {style.name}) to {out}"
     )
     return 0

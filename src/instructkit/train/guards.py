@@ -18,6 +18,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Self
 
+from instructkit.console import plural
 from instructkit.errors import UserError
 from instructkit.files import write_json
 
@@ -119,9 +120,9 @@ def check_fingerprint(out: Path, fingerprint: dict, data: str) -> None:
     saved = json.loads(path.read_text(encoding="utf-8"))
     if saved == fingerprint:
         return
-    counts = f"{saved.get('records')} records then, {fingerprint['records']} now"
+    counts = f"{plural(saved.get('records', 0), 'record')} then, {fingerprint['records']:,} now"
     if saved.get("records") == fingerprint["records"]:
-        counts = f"{fingerprint['records']} records, contents differ"
+        counts = f"{plural(fingerprint['records'], 'record')}, contents differ"
     raise UserError(
         f"{data}: the data changed since {out} started ({counts}); resuming would train on "
         "different records. Restore the file, or start a new run (--out elsewhere or --overwrite)"

@@ -46,8 +46,8 @@ from instructkit.model import load_pretrained, save_pretrained
 from instructkit.model.lora import apply_lora, count_parameters, merge_lora, save_adapter
 from instructkit.plots import plot_losses
 from instructkit.train import distributed
-from instructkit.train.metrics import LossWindow, append_metrics, read_metrics, truncate_metrics
 from instructkit.train.guards import check_fingerprint, owned_run_dir, records_fingerprint
+from instructkit.train.metrics import LossWindow, append_metrics, read_metrics, truncate_metrics
 from instructkit.train.rundir import check_run_dir, claim_run_dir, remove_run_artifacts
 from instructkit.train.schedule import build_scheduler
 from instructkit.train.state import (
@@ -245,8 +245,8 @@ def load_splits(config: FinetuneConfig, records: list[dict] | None) -> tuple[lis
     train, _test, val = split_records(records, config.split, config.seed, source=config.data)
     if not train or not val:
         raise DataError(
-            f"{config.data}: {len(records)} records leave {len(train)} for training and "
-            f"{len(val)} for validation; the {config.split} split needs more records"
+            f"{config.data}: the {config.split} split of {console.plural(len(records), 'record')} "
+            f"leaves {len(train)} for training and {len(val)} for validation; it needs more records"
         )
     return train, val
 
@@ -303,8 +303,9 @@ def count_steps(
     """Optimizer steps of the whole run."""
     if batches_per_epoch == 0:
         raise DataError(
-            f"{config.data}: {num_records} training records make no full batch of "
-            f"{config.batch_size} per process ({info.world_size} processes); lower --batch-size"
+            f"{config.data}: {console.plural(num_records, 'training record')} fill no batch of "
+            f"{config.batch_size} per process "
+            f"({console.plural(info.world_size, 'process', 'processes')}); lower --batch-size"
         )
     total_steps = math.ceil(batches_per_epoch / config.grad_accum) * config.epochs
     if config.max_steps is not None:
@@ -350,11 +351,13 @@ def resume_from(run: Run, checkpoint: Path) -> None:
         checkpoint, run.model, run.optimizer, run.scheduler
     )
     run.window = LossWindow(**run.position.counters)
-    run.say(
-        f"Resuming from {checkpoint} (step {run.position.step}, epoch {run.position.epoch + 1})"
-    )
+    run.say(f"Resuming from {checkpoint} (step {run.position.step}, epoch {run.epoch:.2f})")
     if run.info.is_main:
         truncate_metrics(run.metrics_path, run.position.step)
+        # The losses where the run stands: what a finished run that is resumed reports.
+        rows = read_metrics(run.metrics_path)
+        if rows:
+            run.train_loss, run.val_loss = rows[-1]["train_loss"], rows[-1]["val_loss"]
 
 
 def measure_initial_losses(run: Run) -> None:
