@@ -230,8 +230,9 @@ def _check_packing(args, dataset, limit: int) -> None:
     check = check_packing(model, examples, dataset.tokenizer.eos_id, max_length)
     print(
         f"packing self-test ({args.model}, {plural(check.examples, 'example')} in "
-        f"{plural(check.packed_rows, 'packed row')}): max logit difference {check.max_logit_difference:.2e}, loss padded "
-        f"{check.loss_padded:.6f} vs packed {check.loss_packed:.6f}"
+        f"{plural(check.packed_rows, 'packed row')}): max logit difference "
+        f"{check.max_logit_difference:.2e}, loss padded {check.loss_padded:.6f} "
+        f"vs packed {check.loss_packed:.6f}"
     )
     if not check.passed:
         raise UserError(

@@ -1,9 +1,10 @@
 """Request parsing shared by the OpenAI and Ollama routers: every check names the field.
 
 A bad request becomes an `APIError`, which the app answers as a 4xx JSON error in the
-dialect of the route (never a 500): a body over the size limit (413), malformed JSON, missing or malformed messages,
-temperature outside [0, 2], max tokens outside [1, context], a prompt that fills the
-context. Settings a request leaves out take the server's `GenerationConfig`.
+dialect of the route (never a 500): a body over the size limit (413), malformed JSON,
+missing or malformed messages, temperature outside [0, 2], max tokens outside
+[1, context], a prompt that fills the context. Settings a request leaves out take the
+server's `GenerationConfig`.
 """
 
 from __future__ import annotations
