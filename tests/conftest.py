@@ -51,3 +51,24 @@ def small_tokenizer_dir(small_tokenizer, tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tokenizer")
     small_tokenizer.save(directory)
     return directory
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory nothing can be written in, even by root: a read-only tmpfs mount when
+    running as root (permission bits do not stop root), else mode 0555."""
+    import os
+    import subprocess
+
+    path = tmp_path / "read-only"
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        yield path
+        path.chmod(0o755)
+        return
+    mount = ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)]
+    if subprocess.run(mount, capture_output=True, check=False).returncode != 0:
+        pytest.skip("running as root without the right to mount: nothing is read-only to root")
+    yield path
+    subprocess.run(["umount", str(path)], capture_output=True, check=False)

@@ -96,3 +96,22 @@ def test_reply_text_holds_back_partial_characters_and_stop_strings():
     assert all("<" not in piece for piece in pieces)
     pieces = list(reply_text([ord(c) for c in "a <|im"], tokenizer, ("<|im_end|>",)))
     assert "".join(pieces) == "a <|im"  # not a stop after all: shown when the reply ends
+
+
+def test_a_message_longer_than_the_context_is_one_line_exit_2_not_a_silent_cut(
+    model_dir, monkeypatch, capsys
+):
+    directory, model, _ = model_dir
+    long_line = "Name three primary colors. " * model.config.context_length
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"Say something\n{long_line}\nNot read.\n"))
+    assert main(["chat", "--model", str(directory), "--max-new-tokens", "4"]) == 2
+    captured = capsys.readouterr()
+    (line,) = [text for text in captured.err.splitlines() if text.startswith("error")]
+    assert line.startswith("error: the message is ") and (
+        f"this model's context is {model.config.context_length} tokens" in line
+    )
+    assert captured.out.count("\n") == 1  # the first message was answered, nothing after
+
+    assert main(["generate", "--model", str(directory), "--prompt", long_line]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: the prompt is ") and "the reply needs at least one" in line

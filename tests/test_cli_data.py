@@ -225,3 +225,19 @@ def test_help_shows_defaults(capsys):
     assert caught.value.code == 0
     help_text = capsys.readouterr().out
     assert "(default: gpt2)" in help_text and "(default: 1024)" in help_text
+
+
+def test_a_slow_inspection_shows_progress_on_stderr(
+    monkeypatch, capsys, example_records_path, small_tokenizer_dir
+):
+    import instructkit.console
+
+    monkeypatch.setattr(instructkit.console, "PROGRESS_DELAY", 0.0)  # as if the file were big
+    args = ["data", "inspect", str(example_records_path), "--tokenizer", str(small_tokenizer_dir)]
+    assert cli.main(args) == 0
+    captured = capsys.readouterr()
+    assert "tokenizing:   0%|" in captured.err and "0/20 [" in captured.err
+    assert "packed batches:" in captured.err and "batch/s" in captured.err
+    assert "tokenizing" not in captured.out  # the report itself is unchanged
+    assert cli.main([*args, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -227,3 +227,32 @@ def test_api_key_env_names_the_variable_whose_key_is_sent(tmp_path, capsys, monk
         flags = ["--url", fake.url, "--api-key-env", "NO_SUCH_KEY", "--out", str(tmp_path / "b")]
         assert main([*command, *flags]) == 0
     assert len(fake.headers) == 2 and all("Authorization" not in h for h in fake.headers)
+
+
+def evaluate_with(fake: FakeJudge, responses: Path) -> int:
+    return main(["evaluate", "--responses", str(responses), "--judge", "ollama:j",
+                 "--url", fake.url, "--retries", "0", "--quiet"])  # fmt: skip
+
+
+def test_a_judge_that_refuses_every_request_fails_with_the_reason(tmp_path, capsys):
+    responses = tmp_path / "responses.json"
+    write_records(responses, 3)
+    with FakeJudge(lambda prompt, attempt: ("status", 400)) as fake:
+        assert evaluate_with(fake, responses) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: the judge at {fake.url} refused all 3 requests")
+    assert "HTTP 400" in line and "asking again fails the same way" in line
+    assert "run again" not in line
+
+
+def test_some_refused_requests_are_reported_without_run_again(tmp_path, capsys):
+    responses = tmp_path / "responses.json"
+    records = write_records(responses, 3)
+    refused = judge_prompt(records[0])
+    script = lambda prompt, attempt: ("status", 400) if prompt == refused else ("reply", "70")
+    with FakeJudge(script) as fake:
+        assert evaluate_with(fake, responses) == 0
+    out = capsys.readouterr().out
+    assert "2 scored of 3" in out
+    assert "1 request failed (first: HTTP 400" in out
+    assert "the judge refused them: asking again fails the same way" in out

@@ -189,3 +189,149 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(files, tmp_path):
     step = json.loads((checkpoint / "position.json").read_text())["step"]
     assert 2 <= step < 40 and checkpoint.name == f"step-{step}"
     assert not (out / "model").exists()
+
+
+# ---- signals: the checkpoint is saved whoever stops the run, and however ---------------
+
+
+def start_slow_run(files, out, *extra, stdout=subprocess.PIPE, env_extra=None):
+    env = {
+        **os.environ,
+        "INSTRUCTKIT_TEST_STEP_DELAY": "0.3",
+        "OMP_NUM_THREADS": "1",
+        **(env_extra or {}),
+    }
+    command = [sys.executable, "-m", "instructkit", *base_args(files, out), "--max-steps", "40"]
+    return subprocess.Popen(
+        [*command, *extra], env=env, stdout=stdout, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def wait_for_rows(process, out, rows: int = 3) -> None:
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 120
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < rows:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def saved_step(out) -> int:
+    (checkpoint,) = (out / "checkpoints").iterdir()  # save_every 100: only the stop's one
+    step = json.loads((checkpoint / "position.json").read_text())["step"]
+    assert 2 <= step < 40 and checkpoint.name == f"step-{step}"
+    return step
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(files, tmp_path):
+    out = tmp_path / "run"
+    process = start_slow_run(files, out)
+    wait_for_rows(process, out)
+    process.send_signal(signal.SIGTERM)  # what `timeout`, `kill` and schedulers send
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 143, output
+    assert "continue with --resume" in output and "Traceback" not in output
+    saved_step(out)
+    assert not (out / "model").exists()
+
+
+def test_ctrl_c_when_the_pipe_reader_died_too_still_saves_and_exits_130(files, tmp_path):
+    # `finetune ... 2>&1 | tee log`, then Ctrl-C: tee dies of the same signal, so every
+    # write after it (the stop message, the progress bar) meets a broken pipe.
+    out = tmp_path / "run"
+    args = [a for a in base_args(files, out) if a != "--quiet"]  # the progress bar writes too
+    env = {**os.environ, "INSTRUCTKIT_TEST_STEP_DELAY": "0.3", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "instructkit", *args, "--max-steps", "40"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for_rows(process, out)
+    process.stdout.close()  # the reader dies ...
+    process.send_signal(signal.SIGINT)  # ... with the same Ctrl-C
+    assert process.wait(timeout=60) == 130
+    saved_step(out)
+
+
+def test_a_second_ctrl_c_during_the_save_exits_130_and_leaves_no_partial_checkpoint(
+    files, tmp_path
+):
+    out = tmp_path / "run"
+    process = start_slow_run(files, out, env_extra={"INSTRUCTKIT_TEST_SAVE_DELAY": "30"})
+    wait_for_rows(process, out)
+    process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while not list((out / "checkpoints").glob(".tmp-step-*")):  # the save has begun
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # impatient: abort the save
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert "Traceback" not in output and output.rstrip().endswith("interrupted")
+    assert list((out / "checkpoints").iterdir()) == []
+
+
+# ---- one process per run dir, the same data on resume, a clean dir after divergence -----
+
+
+def test_two_processes_racing_for_one_run_dir_one_wins_the_other_exits_2(files, tmp_path):
+    out = tmp_path / "run"
+    racers = [start_slow_run(files, out, "--overwrite") for _ in range(2)]
+    outputs = [racer.communicate(timeout=180)[0] for racer in racers]
+    by_code = {racer.returncode: (racer, output) for racer, output in zip(racers, outputs)}
+    assert sorted(by_code) == [0, 2], outputs
+    winner, loser_output = by_code[0][0], by_code[2][1]
+    expected = (
+        f"error: {out}: in use by instructkit process {winner.pid}; wait for it to finish "
+        "or stop it (one process per run directory)"
+    )
+    assert loser_output.strip().splitlines() == [expected]
+    rows = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows == list(range(len(rows))) and len(rows) > 10  # one run's, not two interleaved
+    assert not (out / ".lock").exists()  # released and removed at the end
+
+
+def test_resume_on_changed_data_is_refused_with_the_reason(files, tmp_path, capsys):
+    data, tok = files
+    changed = tmp_path / "records.json"
+    changed.write_text(data.read_text())
+    out = tmp_path / "run"
+    args = [*base_args((changed, tok), out), "--save-every", "1"]
+    assert main([*args, "--max-steps", "2"]) == 0
+    records = json.loads(changed.read_text())
+    changed.write_text(json.dumps(records[:40]))  # edited in place: 48 -> 40 records
+    capsys.readouterr()
+    assert main(["finetune", "--out", str(out), "--resume", "--max-steps", "4", "--quiet"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {changed}: the data changed since {out} started")
+    assert "48 records then, 40 now" in line
+    changed.write_text(json.dumps(records))  # restored: resuming works again
+    assert main(["finetune", "--out", str(out), "--resume", "--max-steps", "4", "--quiet"]) == 0
+
+
+def test_divergence_before_any_checkpoint_leaves_nothing_a_retry_must_overwrite(
+    files, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    assert main([*base_args(files, out), "--max-steps", "3", "--lr", "inf"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "loss became nan at step 2" in line and "none (no checkpoint yet)" in line
+    assert not out.exists()  # as it found it
+    assert main([*base_args(files, out), "--max-steps", "1"]) == 0  # no --overwrite needed
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main([*base_args(files, mine), "--max-steps", "3", "--lr", "inf", "--overwrite"]) == 2
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_resuming_a_finished_run_reports_its_losses_and_a_fractional_epoch(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*base_args(files, out), "--max-steps", "3"]) == 0
+    capsys.readouterr()
+    assert main(["finetune", "--out", str(out), "--resume", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["step"] == 3 and 0 < last["epoch"] < 1
+    assert f"(step 3, epoch {last['epoch']:.2f})" in printed
+    assert f"final train loss {last['train_loss']:.3f}, val loss {last['val_loss']:.3f}" in printed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -12,8 +13,10 @@ import pytest
 
 from instructkit.errors import UserError
 from instructkit.train.guards import (
+    LOCK_FILE,
     RunLock,
     check_fingerprint,
+    owned_run_dir,
     records_fingerprint,
     save_fingerprint,
 )
@@ -56,6 +59,26 @@ def test_the_same_process_can_take_the_lock_again_after_release(tmp_path):
         pass
     with RunLock(tmp_path):
         pass
+
+
+def test_release_removes_the_lock_file_and_a_stale_handle_is_not_a_lock(tmp_path):
+    first = RunLock(tmp_path).acquire()
+    with open(tmp_path / LOCK_FILE) as stale:  # a racer opened it before the owner released it
+        first.release()
+        assert not (tmp_path / LOCK_FILE).exists()
+        second = RunLock(tmp_path).acquire()  # takes a new file, not the removed one
+        assert os.stat(tmp_path / LOCK_FILE).st_ino != os.fstat(stale.fileno()).st_ino
+    second.release()
+
+
+def test_owned_run_dir_removes_a_directory_it_created_only_while_empty(tmp_path):
+    with pytest.raises(RuntimeError), owned_run_dir(tmp_path / "failed"):
+        assert (tmp_path / "failed" / LOCK_FILE).exists()
+        raise RuntimeError("setup failed")
+    assert not (tmp_path / "failed").exists()
+    with owned_run_dir(tmp_path / "kept"):
+        (tmp_path / "kept" / "config.yaml").write_text("")
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["config.yaml"]
 
 
 def test_changed_data_is_refused_and_the_same_data_accepted(tmp_path):

@@ -191,9 +191,12 @@ def test_4xx_is_recorded_without_retry_and_404_aborts(tmp_path):
     with (
         FakeJudge(lambda prompt, attempt: ("status", 400)) as fake,
         JudgeClient("ollama", "j", fake.url, retry=FAST) as client,
+        pytest.raises(JudgeRejected, match="refused all 2 requests .*HTTP 400"),
     ):
-        doc = evaluate_responses(responses, judge=client, progress=False)
+        evaluate_responses(responses, judge=client, progress=False)
+    doc = json.loads((tmp_path / "scores.json").read_text())  # what was learnt is kept
     assert all("HTTP 400" in r["judge_error"] for r in doc["records"])
+    assert doc["judge"]["n_refused"] == 2
     assert list(fake.requests.values()) == [1, 1]
 
     with (

@@ -505,3 +505,63 @@ def test_fair_lock_is_reentrant_and_serves_waiters_in_order():
 def _take(lock, order: list, index: int) -> None:
     with lock:
         order.append(index)
+
+
+# ---- a big request: capped, and read and tokenised off the event loop ------------------
+
+
+def test_a_body_over_the_limit_is_413_unread_with_or_without_content_length(url):
+    big = json.dumps({"messages": [{"role": "user", "content": "x" * 2_000_000}]}).encode()
+    answer = httpx.post(f"{url}/v1/chat/completions", content=big, timeout=30)
+    assert answer.status_code == 413
+    assert "larger than 1,000,000 bytes" in answer.json()["error"]["message"]
+    ollama_answer = httpx.post(f"{url}/api/chat", content=big, timeout=30)
+    assert ollama_answer.status_code == 413 and "--max-body-bytes" in ollama_answer.json()["error"]
+
+    def chunked():  # no Content-Length: the cap must hold while reading
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536]
+
+    streamed = httpx.post(f"{url}/v1/chat/completions", content=chunked(), timeout=30)
+    assert streamed.status_code == 413
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+
+
+class SlowTokenizer:
+    """The engine's tokenizer, taking `delay` seconds per long text (a 20 MB prompt's worth)."""
+
+    def __init__(self, tokenizer, delay: float):
+        self.tokenizer, self.delay = tokenizer, delay
+
+    def encode(self, text: str) -> list[int]:
+        if len(text) > 1000:
+            time.sleep(self.delay)
+        return self.tokenizer.encode(text)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_health_answers_while_a_big_request_is_tokenised(engine):
+    slow = Engine(engine.model, SlowTokenizer(engine.tokenizer, 3.0), engine.style, "slow")
+    body = {"messages": [{"role": "user", "content": "word " * 100_000}], "max_tokens": 1}
+    with serve_in_thread(create_app(slow)) as base:
+        big = threading.Thread(
+            target=httpx.post,
+            args=(f"{base}/v1/chat/completions",),
+            kwargs={"json": body, "timeout": 60},
+        )
+        big.start()
+        time.sleep(0.5)  # the big request is being tokenised now
+        started = time.monotonic()
+        assert httpx.get(f"{base}/health", timeout=30).status_code == 200
+        assert time.monotonic() - started < 1.5
+        big.join(60)
+
+
+def test_serve_refuses_an_empty_api_key_and_a_body_limit_below_1(capsys):
+    assert main(["serve", "--model", "random:tiny", "--api-key", ""]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: --api-key is empty")
+    assert main(["serve", "--model", "random:tiny", "--max-body-bytes", "0"]) == 2
+    assert "--max-body-bytes must be at least 1, got 0" in capsys.readouterr().err

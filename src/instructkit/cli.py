@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import signal
 import sys
 
 from instructkit import __version__
 from instructkit.commands import HelpFormatter
-from instructkit.errors import UserError
+from instructkit.console import flush_output, quiet_broken_pipe, say
+from instructkit.errors import Terminated, UserError
 
 COMMANDS = ["demo", "data", "finetune", "dpo", "generate", "evaluate", "serve", "chat"]
 MAX_PROBLEMS_SHOWN = 20
@@ -52,11 +52,6 @@ def print_problems(problems: list[str]) -> None:
         print(f"error: ... and {len(problems) - MAX_PROBLEMS_SHOWN} more problems", file=sys.stderr)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, `timeout`, `docker stop`, job schedulers), handled like Ctrl-C:
-    a command saves what it can, then exits 143 instead of 130."""
-
-
 def raise_terminated(signum, frame) -> None:
     raise Terminated()
 
@@ -70,17 +65,6 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
     return args
 
 
-def quiet_broken_pipe() -> None:
-    """The reader of our output is gone (`| head`, or `| tee` killed by the same Ctrl-C):
-    send further output nowhere instead of failing at every print and at exit."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            os.dup2(devnull, stream.fileno())
-        except (OSError, ValueError):
-            pass
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(build_parser(), argv)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
@@ -92,10 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as interrupt:
         code = 143 if isinstance(interrupt, Terminated) else 130
-        try:
-            print("terminated" if code == 143 else "interrupted", file=sys.stderr)
-        except BrokenPipeError:
-            quiet_broken_pipe()
+        flush_output()  # what is buffered goes out now, or nowhere: never a failed exit
+        say("terminated" if code == 143 else "interrupted", file=sys.stderr)
         return code
     except BrokenPipeError:
         quiet_broken_pipe()

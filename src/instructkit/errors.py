@@ -21,3 +21,8 @@ class DataError(UserError):
 
 class ModelError(UserError):
     """A model spec, checkpoint or tokenizer that cannot be loaded."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, `docker stop`, job schedulers), handled like Ctrl-C:
+    a command saves what it can, then exits 143 instead of 130."""

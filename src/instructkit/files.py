@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from instructkit.errors import UserError
+
 
 def current_umask() -> int:
     """The process umask, read without changing it where the OS allows (threads may be
@@ -111,6 +113,35 @@ def replace_directory(staging: Path, target: Path) -> None:
         os.replace(staging, target)
         shutil.rmtree(old, ignore_errors=True)
     fsync_directory(target.parent)
+
+
+def check_writable(path: str | os.PathLike, what: str, *, directory: bool = False) -> Path:
+    """Fail now, in one line, if `path` (a file, or a `directory`) cannot be written: before
+    the hours of work whose result would go there, not after.
+
+    Writing creates missing parents and replaces files by renaming a temp file beside them,
+    so what must be writable is the nearest existing directory; it is probed by creating a
+    file there, which also catches read-only mounts and root-owned places that permission
+    bits alone do not show.
+    """
+    path = Path(path)
+    if path.is_dir() != directory and path.exists():
+        kind = (
+            "is a directory; give a file name" if path.is_dir() else "exists and is not a directory"
+        )
+        raise UserError(f"{what} {path}: {kind}")
+    existing = path if directory and path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what} {path}: {existing} is a file, not a directory")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".instructkit-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise UserError(f"{what} {path}: cannot write in {existing} ({error.strerror})") from None
+    return path
 
 
 def fsync_directory(path: str | os.PathLike) -> None:

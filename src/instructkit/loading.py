@@ -29,7 +29,27 @@ def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec == "cuda":
         spec = f"cuda:{local_rank}"
-    return torch.device(spec)
+    try:
+        return torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"--device {spec!r} is not auto, cpu, cuda, cuda:N or mps") from None
+
+
+def check_device(device: torch.device, spec: str) -> torch.device:
+    """`device` if this machine has it, else a one-line UserError naming --device (before any
+    model is loaded: `generate`, `chat`, `serve` and `finetune` all check here)."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec} asked for, but no CUDA device is available")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UserError(
+                f"--device {spec} asked for, but this machine has {count} CUDA "
+                f"device{'' if count == 1 else 's'} (cuda:0 to cuda:{count - 1})"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {spec} asked for, but MPS (Apple GPU) is not available")
+    return device
 
 
 def resolve_style(spec: str, style: str | None = None, tokenizer: Any = None):
@@ -48,9 +68,7 @@ def load_for_generation(
     """(model in eval mode on `device`, tokenizer, prompt style) for a model spec."""
     from instructkit.tokenizer import load_tokenizer
 
-    target = pick_device(device)
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for, but no CUDA device is available")
+    target = check_device(pick_device(device), device)
     model, loaded = load_pretrained(
         spec, tokenizer=load_tokenizer(tokenizer) if tokenizer else None
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from instructkit.config import GenerationConfig
-from instructkit.errors import DataError
+from instructkit.errors import DataError, UserError
 from instructkit.files import write_json
 
 RESPONSE_KEY = "model_response"
@@ -140,6 +140,17 @@ def generate_responses(
     return results
 
 
+def check_prompt_fits(num_tokens: int, model, what: str = "the prompt") -> None:
+    """One prompt typed by a user must fit the context with room for a reply: the book's
+    crop to the last tokens would silently answer a question nobody asked (serve says 400)."""
+    context = int(model.config.context_length)
+    if num_tokens >= context:
+        raise UserError(
+            f"{what} is {num_tokens:,} tokens; this model's context is {context:,} tokens "
+            "and the reply needs at least one"
+        )
+
+
 def respond(
     model,
     tokenizer,
@@ -150,8 +161,9 @@ def respond(
     config: GenerationConfig | None = None,
     **settings: Any,
 ) -> str:
-    """One response to one instruction (the `--prompt` path)."""
+    """One response to one instruction (the `--prompt` path); UserError when it does not fit."""
     record = {"instruction": instruction, "input": input_text, "output": ""}
+    check_prompt_fits(len(tokenizer.encode(style.prompt(record))), model)
     answered = generate_responses(
         model, tokenizer, style, [record], config=config, progress=False, **settings
     )

@@ -35,8 +35,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from instructkit.errors import UserError
     from instructkit.generate import stream
     from instructkit.loading import load_for_generation
+    from instructkit.responses import check_prompt_fits
 
     config = generation_config(args)  # bad values fail before the model loads
     model, tokenizer, style = load_for_generation(
@@ -54,8 +56,15 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if not line.strip():
             continue
-        prompt = style.prompt({"instruction": line.strip(), "input": ""})
-        tokens = stream(model, tokenizer.encode(prompt), eos_id=tokenizer.eos_id, config=config)
+        prompt_ids = tokenizer.encode(style.prompt({"instruction": line.strip(), "input": ""}))
+        try:
+            check_prompt_fits(len(prompt_ids), model, "the message")
+        except UserError as error:
+            if not interactive:  # piped input: a script should see it fail
+                raise
+            print(f"error: {error.problems[0]}", file=sys.stderr)  # the user may type again
+            continue
+        tokens = stream(model, prompt_ids, eos_id=tokenizer.eos_id, config=config)
         try:
             for piece in reply_text(tokens, tokenizer, style.stop_strings):
                 print(piece, end="", flush=True)

@@ -70,6 +70,9 @@ def register(subparsers) -> None:
     inspect.add_argument(
         "--check-examples", type=int, default=16, help="examples the packing self-test uses"
     )
+    inspect.add_argument(
+        "--quiet", action="store_true", help="no progress bars (shown when a file takes a while)"
+    )
     inspect.set_defaults(run=run)
 
     builtin = actions.add_parser(
@@ -103,20 +106,25 @@ def run(args: argparse.Namespace) -> int:
     from instructkit.data.leakage import check_splits, format_split_check
     from instructkit.data.stats import record_stats, token_stats, truncation_limit
     from instructkit.errors import DataError, UserError
+    from instructkit.files import check_writable
 
     problems = [
-        f"--{name.replace('_', '-')} must be at least 1, got {value}"
-        for name, value in (
-            ("context_length", args.context_length),
-            ("allowed_max_length", args.allowed_max_length),
-            ("batch_size", args.batch_size),
+        f"--{name.replace('_', '-')} must be at least {low}, got {value}"
+        for name, value, low in (
+            ("context_length", args.context_length, 1),
+            ("allowed_max_length", args.allowed_max_length, 1),
+            ("batch_size", args.batch_size, 1),
+            ("check_examples", args.check_examples, 1),
+            ("show_labels", args.show_labels, 0),
         )
-        if value is not None and value < 1
+        if value is not None and value < low
     ]
     if problems:
         raise UserError(problems)
     if args.style is not None and args.style not in STYLE_NAMES:
         get_style(args.style)  # the unknown-style error, before the file is read
+    if args.plot:
+        check_writable(args.plot, "--plot")
     records = load_instructions(args.file, parse_fields(args.fields))
     _print_records(args.file, record_stats(records, source=str(args.file)))
     print(format_split_check(check_splits(records, source=str(args.file)), records))
@@ -124,9 +132,13 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = _tokenizer_or_none(args.tokenizer)
     if tokenizer is None:
         return 0
-    dataset = InstructionDataset(records, tokenizer, args.style)  # None: template or alpaca
+    dataset = InstructionDataset(  # style None: the model's template or alpaca
+        records, tokenizer, args.style, progress=not args.quiet
+    )
     limit = truncation_limit(args.allowed_max_length, args.context_length)
-    stats = token_stats(dataset, args.context_length, limit, args.batch_size, args.seed)
+    stats = token_stats(
+        dataset, args.context_length, limit, args.batch_size, args.seed, progress=not args.quiet
+    )
     _print_tokens(stats, dataset, args.batch_size)
 
     if args.show_labels:
@@ -152,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_records(path: Path, stats) -> None:
-    print(f"{path}: {stats.records} records, all valid")
+    from instructkit.console import plural
+
+    print(f"{path}: {plural(stats.records, 'record')}, all valid")
     print(f"  with input: {stats.with_input}")
     if stats.extra_keys:
         print(f"  extra keys kept: {', '.join(stats.extra_keys)}")
@@ -205,6 +219,7 @@ def _print_tokens(stats, dataset, batch_size: int) -> None:
 
 def _check_packing(args, dataset, limit: int) -> None:
     """Run the packed-vs-padded self-test on the first examples of the user's data."""
+    from instructkit.console import plural
     from instructkit.data.packing_check import TOLERANCE, check_packing
     from instructkit.errors import UserError
     from instructkit.model import load_pretrained
@@ -214,9 +229,10 @@ def _check_packing(args, dataset, limit: int) -> None:
     examples = dataset.examples[: args.check_examples]
     check = check_packing(model, examples, dataset.tokenizer.eos_id, max_length)
     print(
-        f"packing self-test ({args.model}, {check.examples} examples in {check.packed_rows} "
-        f"packed rows): max logit difference {check.max_logit_difference:.2e}, loss padded "
-        f"{check.loss_padded:.6f} vs packed {check.loss_packed:.6f}"
+        f"packing self-test ({args.model}, {plural(check.examples, 'example')} in "
+        f"{plural(check.packed_rows, 'packed row')}): max logit difference "
+        f"{check.max_logit_difference:.2e}, loss padded {check.loss_padded:.6f} "
+        f"vs packed {check.loss_packed:.6f}"
     )
     if not check.passed:
         raise UserError(

@@ -70,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     # passively avoids that (it only takes effect if torch is not imported yet).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from instructkit.demo import run_demo
+    from instructkit.files import check_writable
+
+    check_writable(args.out, "--out", directory=True)
 
     result = run_demo(
         args.out,

@@ -69,9 +69,16 @@ def run(args: argparse.Namespace) -> int:
     from instructkit.errors import UserError
     from instructkit.evaluate import default_scores_path, evaluate_responses, format_report
     from instructkit.evaluate.judge import JudgeClient, RetryPolicy, parse_judge_spec
+    from instructkit.files import check_writable
 
     if args.retries < 0:
         raise UserError(f"--retries must be 0 or more, got {args.retries}")
+    default = (  # checked here, before any judge is asked
+        Path(args.responses).with_name("pairwise.json")
+        if args.against
+        else default_scores_path(args.responses)
+    )
+    out = check_writable(args.out or default, "--out")
     judge = None
     if args.judge:
         backend, model = parse_judge_spec(args.judge)
@@ -88,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--url needs --judge BACKEND:MODEL")
     if args.against:
         return run_pairwise(args, judge)
-    out = args.out or default_scores_path(args.responses)
     try:
         doc = evaluate_responses(
             args.responses,

@@ -69,11 +69,16 @@ def training_split(model: str) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from instructkit.console import plural
     from instructkit.data import load_instructions, split_records
+    from instructkit.files import check_writable
     from instructkit.loading import load_for_generation
     from instructkit.responses import generate_responses, respond
 
     config = generation_config(args)  # bad values fail before the model loads
+    out = Path(args.out) if args.out else default_out(args.model)
+    if args.prompt is None:  # checked before hours of generating, not at the rename
+        check_writable(out, "--out")
     model, tokenizer, style = load_for_generation(
         args.model, args.style, args.tokenizer, args.device
     )
@@ -86,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
         method, seed = training_split(args.model)
         train, test, val = split_records(records, args.split_by or method, seed, source=args.data)
         records = {"train": train, "test": test, "val": val}[args.split]
-    out = Path(args.out) if args.out else default_out(args.model)
     generate_responses(
         model,
         tokenizer,
@@ -98,6 +102,6 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(
-        f"wrote {len(records)} responses ({args.split} split of {args.data}, style {style.name}) to {out}"
+        f"wrote {plural(len(records), 'response')} ({args.split} split of {args.data}, style {style.name}) to {out}"
     )
     return 0

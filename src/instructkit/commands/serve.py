@@ -8,6 +8,7 @@ import sys
 
 from instructkit.commands import HelpFormatter, add_model_arguments
 from instructkit.commands.flags import add_generation_flags, generation_config
+from instructkit.constants import MAX_BODY_BYTES
 
 
 def register(subparsers) -> None:
@@ -46,6 +47,13 @@ def register(subparsers) -> None:
         help="require 'Authorization: Bearer KEY' on every route but /health; $INSTRUCTKIT_API_KEY when not given",
     )
     parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=MAX_BODY_BYTES,
+        metavar="N",
+        help="largest request body accepted; bigger ones get HTTP 413",
+    )
+    parser.add_argument(
         "--name", help="model name shown to clients; when not given, the run or model dir name"
     )
     add_generation_flags(parser)
@@ -66,9 +74,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.model and not args.run_dir:
         raise UserError("give --model (a model to serve) or --run (a run directory to look at)")
     run_dir = check_run_dir(args.run_dir) if args.run_dir else run_dir_of(args.model)
+    if args.api_key is not None and not args.api_key.strip():
+        raise UserError(
+            "--api-key is empty, which would turn authentication off; give a key, "
+            "or leave the flag out to serve without one"
+        )
     api_key = args.api_key or os.environ.get("INSTRUCTKIT_API_KEY") or None
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be from 0 to 65535, got {args.port}")
+    if args.max_body_bytes < 1:
+        raise UserError(f"--max-body-bytes must be at least 1, got {args.max_body_bytes}")
     config = generation_config(args)
     sock = listen(args.host, args.port)  # a busy port fails before the model loads
     engine = None
@@ -95,5 +110,12 @@ def run(args: argparse.Namespace) -> int:
         )
     if run_dir:
         print(f"run page for {run_dir}: {url}/run", file=sys.stderr)
-    run_server(engine, api_key=api_key, log_level=args.log_level, sock=sock, run_dir=run_dir)
+    run_server(
+        engine,
+        api_key=api_key,
+        log_level=args.log_level,
+        sock=sock,
+        run_dir=run_dir,
+        max_body_bytes=args.max_body_bytes,
+    )
     return 0

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
+from instructkit import console
 from instructkit.data.chat_template import ChatTemplateStyle, resolve_style
 from instructkit.data.conversations import is_conversation, to_messages, tokenize_conversation
 from instructkit.data.prompts import PromptStyle
@@ -51,12 +52,15 @@ class InstructionDataset(Dataset):
         tokenizer,
         style: str | PromptStyle | None = "alpaca",
         train_on: str = "assistant",
+        *,
+        progress: bool = False,
     ):
         self.data = data
         self.tokenizer: Tokenizer = as_tokenizer(tokenizer)
         self.style = resolve_style(style, self.tokenizer)  # None: the model's chat template
         self.train_on = train_on
-        self.examples = [self._tokenize(record) for record in data]
+        records = console.progress(data, "tokenizing", "record", enabled=progress)
+        self.examples = [self._tokenize(record) for record in records]
         self.encoded_texts = [example.input_ids for example in self.examples]  # book's name
 
     def _tokenize(self, record: dict) -> Example:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from instructkit import console
 from instructkit.constants import IGNORE_INDEX
 from instructkit.data.collate import InstructionCollator
 from instructkit.data.dataset import Example, InstructionDataset
@@ -115,7 +116,13 @@ def truncation_limit(allowed_max_length: int | None, context_length: int) -> int
 
 
 def token_stats(
-    dataset: InstructionDataset, context_length: int, limit: int, batch_size: int, seed: int
+    dataset: InstructionDataset,
+    context_length: int,
+    limit: int,
+    batch_size: int,
+    seed: int,
+    *,
+    progress: bool = False,
 ) -> TokenStats:
     eos_id = dataset.tokenizer.eos_id
     lengths = dataset.lengths
@@ -132,12 +139,12 @@ def token_stats(
         over_context=sum(n + 1 > context_length for n in lengths),
         truncated=sum(n > limit for n in lengths),
         masked_empty=masked_empty,
-        batching=batching_stats(dataset, limit, batch_size, seed),
+        batching=batching_stats(dataset, limit, batch_size, seed, progress=progress),
     )
 
 
 def batching_stats(
-    dataset: InstructionDataset, limit: int, batch_size: int, seed: int
+    dataset: InstructionDataset, limit: int, batch_size: int, seed: int, *, progress: bool = False
 ) -> list[BatchingStats]:
     """Padding efficiency of random, length-grouped and packed batches (one epoch each)."""
     eos_id = dataset.tokenizer.eos_id
@@ -150,7 +157,7 @@ def batching_stats(
     for name, pack, grouped in modes:
         collator = InstructionCollator(eos_id, allowed_max_length=limit, pack=pack)
         loader = build_loader(dataset, collator, batch_size, group_by_length=grouped, seed=seed)
-        batches = list(loader)
+        batches = list(console.progress(loader, f"{name} batches", "batch", enabled=progress))
         real = sum(batch.num_real_tokens for batch in batches)
         total = sum(batch.input_ids.numel() for batch in batches)
         found.append(BatchingStats(name, real / total, len(batches), pack))

@@ -16,10 +16,12 @@ import hashlib
 import json
 from pathlib import Path
 
+from instructkit.console import plural
 from instructkit.errors import DataError, UserError
 from instructkit.evaluate.judge import (
     JudgeClient,
     Judgement,
+    JudgeRejected,
     format_summary,
     judge_all,
     judge_prompt,
@@ -110,6 +112,7 @@ def evaluate_responses(
         if judge_spec:
             summary = summarize_scores(j.score if j else None for j in judged)
             summary["n_errors"] = sum(1 for j in judged if j is not None and j.error)
+            summary["n_refused"] = sum(1 for j in judged if j is not None and j.refused)
             summary["n_unparsed"] = sum(
                 1 for j in judged if j is not None and j.finished and j.score is None
             )
@@ -147,6 +150,12 @@ def evaluate_responses(
         judge_all(judge, todo, on_result, on_flush, concurrency, flush_interval, progress)
     doc = document()
     write_json(out_path, doc)
+    if judge is not None and todo and all(entries[i].refused for i in todo):
+        raise JudgeRejected(
+            f"the judge at {judge.url} refused all {len(todo)} requests (first: "
+            f"{entries[next(iter(todo))].error}); asking again fails the same way: check "
+            "--judge's model and what the server accepts"
+        )
     return doc
 
 
@@ -162,9 +171,13 @@ def format_report(doc: dict) -> str:
             )
         if judge.get("n_errors"):
             first = next(r["judge_error"] for r in doc["records"] if r.get("judge_error"))
-            lines.append(
-                f"  {judge['n_errors']} requests failed (first: {first}); run again to retry them"
-            )
+            failed, refused = judge["n_errors"], judge.get("n_refused", 0)
+            advice = "run again to retry them"
+            if refused == failed:
+                advice = "the judge refused them: asking again fails the same way"
+            elif refused:
+                advice = f"{refused} of them refused by the judge; run again to retry the others"
+            lines.append(f"  {plural(failed, 'request')} failed (first: {first}); {advice}")
         if judge.get("n_pending"):
             lines.append(
                 f"  {judge['n_pending']} records not judged yet; pass --judge to judge them"

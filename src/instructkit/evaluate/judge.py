@@ -12,6 +12,8 @@ Failures are sorted by what can fix them:
   since every other record would fail the same way;
 - a timeout or 5xx that outlasts the retries, another 4xx, or a malformed answer is
   recorded for that record (`error`), and that record is asked again on the next run;
+  a 4xx is also marked `refused` (the same request fails the same way), and when the
+  judge refused every request, `evaluate_responses` fails with the reason;
 - a reply without a score in range is kept (`reply`) with `score` null: the judge did
   answer, so the record counts as finished.
 Records are judged by `concurrency` worker threads sharing one `httpx.Client`; results
@@ -54,7 +56,12 @@ class JudgeRejected(UserError):
 
 
 class JudgeRequestError(Exception):
-    """One request failed in a way that is recorded for its record and retried next run."""
+    """One request failed in a way that is recorded for its record and retried next run;
+    `refused`: the judge answered a 4xx, so the same request would fail the same way."""
+
+    def __init__(self, message: str, refused: bool = False):
+        super().__init__(message)
+        self.refused = refused
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,7 @@ class Judgement:
     score: int | None
     reply: str | None
     error: str | None
+    refused: bool = False  # a 4xx: asking the same again fails the same way
 
     @property
     def finished(self) -> bool:
@@ -233,7 +241,7 @@ class JudgeClient:
             raise _Retryable(message)
         if response.status_code in (401, 403, 404):
             raise JudgeRejected(f"the judge at {self.url} refused {self.spec}: {message}")
-        raise JudgeRequestError(message)
+        raise JudgeRequestError(message, refused=True)
 
 
 class _Retryable(Exception):
@@ -278,7 +286,7 @@ def judge_one(client: JudgeClient, prompt: str) -> Judgement:
     try:
         reply = client.ask(prompt)
     except JudgeRequestError as error:
-        return Judgement(score=None, reply=None, error=str(error))
+        return Judgement(score=None, reply=None, error=str(error), refused=error.refused)
     return Judgement(score=parse_score(reply), reply=reply, error=None)
 
 

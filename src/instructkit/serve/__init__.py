@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 
 from instructkit.config import GenerationConfig
+from instructkit.constants import MAX_BODY_BYTES
 from instructkit.errors import UserError
 from instructkit.serve.engine import Engine, RequestError, SamplingParams, messages_to_record
 
@@ -75,6 +76,7 @@ def run_server(
     log_level: str = "info",
     sock: socket.socket | None = None,
     run_dir: Path | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> None:
     """Serve until interrupted, on `sock` when given (bound already), else on host:port;
     without an engine, only the run page for `run_dir`."""
@@ -87,7 +89,7 @@ def run_server(
     if engine is None:
         app = create_run_app(run_dir, api_key=api_key)
     else:
-        app = create_app(engine, api_key=api_key, run_dir=run_dir)
+        app = create_app(engine, api_key=api_key, run_dir=run_dir, max_body_bytes=max_body_bytes)
     config = uvicorn.Config(app, log_level=log_level)
     try:
         uvicorn.Server(config).run(sockets=[sock])

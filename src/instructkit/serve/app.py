@@ -21,9 +21,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from instructkit import __version__
+from instructkit.constants import MAX_BODY_BYTES
 from instructkit.serve import ollama, openai
 from instructkit.serve.engine import Engine
-from instructkit.serve.requests import APIError
+from instructkit.serve.requests import APIError, too_large
 from instructkit.serve.web import is_public, web_router
 
 ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 500: "server_error"}
@@ -41,15 +42,27 @@ def error_response(
 
 
 def create_app(
-    engine: Engine | None, api_key: str | None = None, run_dir: Path | None = None
+    engine: Engine | None,
+    api_key: str | None = None,
+    run_dir: Path | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """The FastAPI app serving `engine` (and the run page for `run_dir`; no engine serves only
     that); with `api_key`, every route but /health and the pages (serve.web.is_public) needs
-    the bearer token."""
+    the bearer token. A request body over `max_body_bytes` gets a 413 (`requests.json_body`;
+    one that says its size up front, before it is read)."""
     app = FastAPI(title="instructkit", version=__version__, docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.created = int(time.time())
+    app.state.max_body_bytes = max_body_bytes
     add_error_handlers(app)
+
+    @app.middleware("http")
+    async def cap_body(request: Request, call_next):
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:
+            return error_response(request, 413, too_large(max_body_bytes))
+        return await call_next(request)
 
     @app.middleware("http")
     async def check_key(request: Request, call_next):

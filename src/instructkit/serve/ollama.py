@@ -124,7 +124,7 @@ async def chat(request: Request):
     messages = parse.messages(body)
     params = sampling(body, engine)
     stream = parse.flag(body, "stream", True)
-    gen = start(lambda: engine.chat(messages, params))
+    gen = await start(lambda: engine.chat(messages, params))
     return await answer(gen, engine, stream, "message")
 
 
@@ -148,7 +148,7 @@ async def generate(request: Request):
             "done_reason": "load",
         }
     if parse.flag(body, "raw", False):
-        gen = start(lambda: engine.complete(prompt, params))
+        gen = await start(lambda: engine.complete(prompt, params))
     else:
-        gen = start(lambda: engine.instruct(prompt, system, params))
+        gen = await start(lambda: engine.instruct(prompt, system, params))
     return await answer(gen, engine, stream, "response")

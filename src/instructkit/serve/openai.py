@@ -82,7 +82,7 @@ async def chat_completions(request: Request):
     stream = parse.flag(body, "stream", False)
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-    gen = start(lambda: engine.chat(messages, params))
+    gen = await start(lambda: engine.chat(messages, params))
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name}
     if not stream:
         text = await run_in_threadpool(gen.run)
@@ -133,7 +133,7 @@ async def completions(request: Request):
     params = sampling(body, engine)
     stream = parse.flag(body, "stream", False)
     echo = parse.flag(body, "echo", False)
-    gens = [start(lambda p=p: engine.complete(p, params)) for p in prompts]
+    gens = [await start(lambda p=p: engine.complete(p, params)) for p in prompts]
     base = {
         "id": f"cmpl-{uuid.uuid4().hex}",
         "object": "text_completion",

@@ -1,9 +1,10 @@
 """Request parsing shared by the OpenAI and Ollama routers: every check names the field.
 
 A bad request becomes an `APIError`, which the app answers as a 4xx JSON error in the
-dialect of the route (never a 500): malformed JSON, missing or malformed messages,
-temperature outside [0, 2], max tokens outside [1, context], a prompt that fills the
-context. Settings a request leaves out take the server's `GenerationConfig`.
+dialect of the route (never a 500): a body over the size limit (413), malformed JSON,
+missing or malformed messages, temperature outside [0, 2], max tokens outside
+[1, context], a prompt that fills the context. Settings a request leaves out take the
+server's `GenerationConfig`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 from collections.abc import Callable, Iterator
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from instructkit.config import SEED_RANGE, GenerationConfig
 from instructkit.serve.engine import Engine, Generation, RequestError, SamplingParams
@@ -39,7 +41,23 @@ def engine_of(request: Request) -> Engine:
 
 
 async def json_body(request: Request) -> dict:
-    raw = await request.body()
+    """The JSON object a request sent, read up to the app's `max_body_bytes` (413 past it,
+    also for a body sent without Content-Length) and parsed off the event loop."""
+    limit = request.app.state.max_body_bytes
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, too_large(limit))
+        chunks.append(chunk)
+    return await run_in_threadpool(parse_json, b"".join(chunks))
+
+
+def too_large(limit: int) -> str:
+    return f"the request body is larger than {limit:,} bytes (serve --max-body-bytes)"
+
+
+def parse_json(raw: bytes) -> dict:
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -163,10 +181,11 @@ def sampling(
     return SamplingParams(config, max_tokens, stops(values.get("stop"), "stop"))
 
 
-def start(make: Callable[[], Generation]) -> Generation:
-    """Build a generation, turning engine refusals (prompt too long, ...) into 400s."""
+async def start(make: Callable[[], Generation]) -> Generation:
+    """Build a generation off the event loop (tokenising a long prompt takes a while, and
+    /health must answer meanwhile), turning engine refusals (prompt too long, ...) into 400s."""
     try:
-        return make()
+        return await run_in_threadpool(make)
     except RequestError as error:
         raise APIError(400, error.message, error.param, error.code) from None
 

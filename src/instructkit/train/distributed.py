@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from instructkit.loading import pick_device
+from instructkit.loading import check_device, pick_device
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,13 @@ def init(device_spec: str) -> tuple[Dist, torch.device]:
     """Join the process group torchrun describes in the environment, if any."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return Dist(), pick_device(device_spec)
+        return Dist(), check_device(pick_device(device_spec), device_spec)
     info = Dist(
         rank=int(os.environ["RANK"]),
         world_size=world_size,
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
     )
-    device = pick_device(device_spec, info.local_rank)
+    device = check_device(pick_device(device_spec, info.local_rank), device_spec)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():

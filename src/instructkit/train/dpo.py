@@ -18,12 +18,15 @@ from typing import Any
 
 import torch
 
+from instructkit import console
 from instructkit.config import DPOConfig
 from instructkit.data import build_loader, split_records
 from instructkit.data.preferences import PreferenceCollator, PreferenceDataset, load_preferences
 from instructkit.errors import DataError
+from instructkit.files import check_writable
 from instructkit.model.lora import count_parameters
 from instructkit.train import distributed
+from instructkit.train.guards import owned_run_dir
 from instructkit.train.loop import (
     Run,
     RunResult,
@@ -61,19 +64,21 @@ def dpo(
 ) -> RunResult:
     """Preference-tune `config.model` on the pairs of `config.data` (or `records`) into
     `config.out`. `RunResult.tokens_seen` counts pairs here, the objective's units."""
+    check_writable(config.out, "--out", directory=True)  # before any long work
     info, device = distributed.init(config.device)
     try:
-        run = setup(
-            config,
-            info,
-            device,
-            records=records,
-            tokenizer=tokenizer,
-            resume=resume,
-            overwrite=overwrite,
-        )
-        train(run, progress)
-        return finish(run)
+        with owned_run_dir(config.out, hold=info.is_main):  # one process per run dir
+            run = setup(
+                config,
+                info,
+                device,
+                records=records,
+                tokenizer=tokenizer,
+                resume=resume,
+                overwrite=overwrite,
+            )
+            train(run, progress)
+            return finish(run)
     finally:
         distributed.shutdown(info)
 
@@ -90,8 +95,8 @@ def setup(
 ) -> Run:
     """As `loop.setup`, with pairs, their reference log-probabilities and the DPO objective."""
     started = time.perf_counter()
-    say = print if info.is_main else _silent
-    checkpoint = check_run_dir(config, resume, overwrite)
+    say = console.say if info.is_main else _silent
+    checkpoint = check_run_dir(config, resume, overwrite, info.world_size)
     distributed.barrier(info)
     random.seed(config.seed)
     torch.manual_seed(config.seed)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -28,7 +29,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from instructkit import console
 from instructkit.config import FinetuneConfig
+from instructkit.console import PipeSafe
 from instructkit.data import (
     InstructionCollator,
     InstructionDataset,
@@ -38,21 +41,34 @@ from instructkit.data import (
 )
 from instructkit.data.chat_template import resolve_style
 from instructkit.errors import DataError, ModelError, UserError
+from instructkit.files import check_writable
 from instructkit.model import load_pretrained, save_pretrained
 from instructkit.model.lora import apply_lora, count_parameters, merge_lora, save_adapter
 from instructkit.plots import plot_losses
 from instructkit.train import distributed, fsdp
+from instructkit.train.guards import check_fingerprint, owned_run_dir, records_fingerprint
 from instructkit.train.metrics import LossWindow, append_metrics, read_metrics, truncate_metrics
-from instructkit.train.rundir import check_run_dir, claim_run_dir
+from instructkit.train.rundir import check_run_dir, claim_run_dir, remove_run_artifacts
 from instructkit.train.schedule import build_scheduler
 from instructkit.train.sharded import (
     is_sharded_checkpoint,
     load_sharded_checkpoint,
     save_sharded_checkpoint,
 )
-from instructkit.train.state import Position, load_checkpoint, open_epoch, save_run_checkpoint
+from instructkit.train.state import (
+    Position,
+    latest_checkpoint,
+    load_checkpoint,
+    open_epoch,
+    save_run_checkpoint,
+)
 from instructkit.train.steps import LossModule, Units, accumulate_gradients, evaluate, target_tokens
-from instructkit.train.stopping import StopRequest, check_finite, install_test_step_delay
+from instructkit.train.stopping import (
+    DivergedError,
+    StopRequest,
+    check_finite,
+    install_test_step_delay,
+)
 
 
 @dataclass
@@ -110,6 +126,10 @@ class Run:
         return Path(self.config.out)
 
     @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
     def metrics_path(self) -> Path:
         return self.out / "metrics.jsonl"
 
@@ -132,19 +152,26 @@ def finetune(
     `tokenizer` (an instructkit Tokenizer or a tiktoken Encoding) overrides
     `config.tokenizer`. Under torchrun every rank calls this; rank 0 alone writes files.
     """
+    check_writable(config.out, "--out", directory=True)  # before any long work
     info, device = distributed.init(config.device)
     try:
-        run = setup(
-            config,
-            info,
-            device,
-            records=records,
-            tokenizer=tokenizer,
-            resume=resume,
-            overwrite=overwrite,
-        )
-        train(run, progress)
-        return finish(run)
+        with owned_run_dir(config.out, hold=info.is_main):  # one process per run dir
+            run = setup(
+                config,
+                info,
+                device,
+                records=records,
+                tokenizer=tokenizer,
+                resume=resume,
+                overwrite=overwrite,
+            )
+            try:
+                train(run, progress)
+            except DivergedError:
+                if info.is_main and not resume and latest_checkpoint(run.checkpoints) is None:
+                    remove_run_artifacts(run.out)  # nothing worth keeping: a retry starts clean
+                raise
+            return finish(run)
     finally:
         distributed.shutdown(info)
 
@@ -164,12 +191,17 @@ def setup(
 ) -> Run:
     """Data, model, optimizer and position of a run; the run dir is claimed once this works."""
     started = time.perf_counter()
-    say = print if info.is_main else _silent
+    say = console.say if info.is_main else _silent
     # every rank, before any write
     checkpoint = check_run_dir(config, resume, overwrite, info.world_size)
     distributed.barrier(info)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
+    if records is None:
+        records = load_instructions(config.data)
+    fingerprint = records_fingerprint(records)
+    if resume:  # the same records, or the data position and the model are meaningless
+        check_fingerprint(Path(config.out), fingerprint, config.data)
     train_records, val_records = load_splits(config, records)
     model, tokenizer, model_dropout = load_model(config, tokenizer, device, say)
     trainable, total = count_parameters(model)
@@ -204,7 +236,7 @@ def setup(
         autocast=torch.autocast(device.type, torch.bfloat16, enabled=use_bf16(config, device)),
     )
     if info.is_main:  # setup worked: now the run dir becomes this run's
-        claim_run_dir(config, overwrite)
+        claim_run_dir(config, overwrite, fingerprint)
     distributed.barrier(info)
     if checkpoint is not None:
         resume_from(run, checkpoint)
@@ -220,8 +252,8 @@ def load_splits(config: FinetuneConfig, records: list[dict] | None) -> tuple[lis
     train, _test, val = split_records(records, config.split, config.seed, source=config.data)
     if not train or not val:
         raise DataError(
-            f"{config.data}: {len(records)} records leave {len(train)} for training and "
-            f"{len(val)} for validation; the {config.split} split needs more records"
+            f"{config.data}: the {config.split} split of {console.plural(len(records), 'record')} "
+            f"leaves {len(train)} for training and {len(val)} for validation; it needs more records"
         )
     return train, val
 
@@ -278,8 +310,9 @@ def count_steps(
     """Optimizer steps of the whole run."""
     if batches_per_epoch == 0:
         raise DataError(
-            f"{config.data}: {num_records} training records make no full batch of "
-            f"{config.batch_size} per process ({info.world_size} processes); lower --batch-size"
+            f"{config.data}: {console.plural(num_records, 'training record')} fill no batch of "
+            f"{config.batch_size} per process "
+            f"({console.plural(info.world_size, 'process', 'processes')}); lower --batch-size"
         )
     total_steps = math.ceil(batches_per_epoch / config.grad_accum) * config.epochs
     if config.max_steps is not None:
@@ -330,11 +363,13 @@ def resume_from(run: Run, checkpoint: Path) -> None:
     load = load_sharded_checkpoint if is_sharded_checkpoint(checkpoint) else load_checkpoint
     run.position, run.pending_rng = load(checkpoint, run.model, run.optimizer, run.scheduler)
     run.window = LossWindow(**run.position.counters)
-    run.say(
-        f"Resuming from {checkpoint} (step {run.position.step}, epoch {run.position.epoch + 1})"
-    )
+    run.say(f"Resuming from {checkpoint} (step {run.position.step}, epoch {run.epoch:.2f})")
     if run.info.is_main:
         truncate_metrics(run.metrics_path, run.position.step)
+        # The losses where the run stands: what a finished run that is resumed reports.
+        rows = read_metrics(run.metrics_path)
+        if rows:
+            run.train_loss, run.val_loss = rows[-1]["train_loss"], rows[-1]["val_loss"]
 
 
 def measure_initial_losses(run: Run) -> None:
@@ -356,8 +391,8 @@ def measure_initial_losses(run: Run) -> None:
 
 
 def train(run: Run, progress: bool = True) -> None:
-    """Optimizer steps up to `total_steps`. On Ctrl-C: finish the step, save a checkpoint,
-    raise KeyboardInterrupt (every rank stops at the same step)."""
+    """Optimizer steps up to `total_steps`. On Ctrl-C or SIGTERM: finish the step, save a
+    checkpoint, raise KeyboardInterrupt or `Terminated` (every rank stops at the same step)."""
     position = run.position
     stop = StopRequest()
     bar = tqdm(
@@ -367,6 +402,7 @@ def train(run: Run, progress: bool = True) -> None:
         unit="step",
         disable=not (progress and run.info.is_main),
         dynamic_ncols=True,
+        file=PipeSafe(sys.stderr),  # a `| tee` killed by the Ctrl-C must not cost the save
     )
     batches: Iterator | None = None
     with stop.installed(), bar:
@@ -411,7 +447,7 @@ def train(run: Run, progress: bool = True) -> None:
                     f"Interrupted: saved checkpoint step-{position.step} in "
                     f"{run.out / 'checkpoints'}; continue with --resume"
                 )
-                raise KeyboardInterrupt
+                raise stop.interrupt()
 
 
 def optimizer_step(run: Run, batches: Iterator, stop: StopRequest) -> tuple[float, bool]:
@@ -427,7 +463,7 @@ def optimizer_step(run: Run, batches: Iterator, stop: StopRequest) -> tuple[floa
         [local_loss, float(stop.requested)], run.info, run.device
     )
     run.train_loss = loss_sum / max(tokens, 1.0)
-    check_finite(run.train_loss, run.position.step + 1, run.out / "checkpoints")
+    check_finite(run.train_loss, run.position.step + 1, run.checkpoints)
     if run.config.grad_clip is not None:
         params = [p for group in run.optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, run.config.grad_clip)

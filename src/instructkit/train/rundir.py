@@ -3,7 +3,8 @@ started, `--overwrite` replaces only the files instructkit writes there.
 
 Checked on every rank before anything is written, and the run dir is claimed (config.yaml
 written, old artifacts removed) only once setup has worked, so a failed setup leaves
-nothing that a second try would refuse.
+nothing that a second try would refuse; a run that diverges before its first checkpoint
+removes what it wrote for the same reason. `.lock` (train.guards) is not content.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from instructkit.config import FinetuneConfig, load_config, save_config
 from instructkit.errors import UserError
+from instructkit.train.guards import FINGERPRINT_FILE, LOCK_FILE, save_fingerprint
 from instructkit.train.state import latest_checkpoint
 
 RUN_ARTIFACTS = (
@@ -28,6 +30,7 @@ RUN_ARTIFACTS = (
     "responses.json",
     "scores.json",
     "report.md",
+    FINGERPRINT_FILE,
 )
 # Settings a resumed run may change without breaking the exact continuation of the data
 # order, the model and the optimizer (epochs/max_steps extend or shorten the run; the run
@@ -64,7 +67,7 @@ def check_run_dir(
         return checkpoint
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()) and not overwrite:
         raise UserError(
             f"{out}: run directory is not empty; pass --resume to continue that run "
             "or --overwrite to replace it"
@@ -111,12 +114,17 @@ def checkpoint_global_batch(checkpoint: Path) -> int | None:
     return position.get("global_batch") or None
 
 
-def claim_run_dir(config: FinetuneConfig, overwrite: bool) -> None:
-    """Make the run dir this run's: remove the old artifacts (with `overwrite`), save the config."""
+def claim_run_dir(
+    config: FinetuneConfig, overwrite: bool, fingerprint: dict | None = None
+) -> None:
+    """Make the run dir this run's: remove the old artifacts (with `overwrite`), save the
+    config and the data's fingerprint (which `--resume` compares against)."""
     out = Path(config.out)
     if overwrite:
         remove_run_artifacts(out)
     save_config(config, out / "config.yaml")
+    if fingerprint is not None:
+        save_fingerprint(out, fingerprint)
 
 
 def remove_run_artifacts(out: Path) -> None:

@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from instructkit.train import distributed
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 TMP_PREFIX = ".tmp-"
+TEST_SAVE_DELAY = "INSTRUCTKIT_TEST_SAVE_DELAY"  # tests only: seconds a save pauses midway
 
 
 @dataclass
@@ -95,14 +97,19 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    _save(tmp / "model.pt", model.state_dict())
-    _save(tmp / "optimizer.pt", optimizer.state_dict())
-    _save(
-        tmp / "trainer.pt",
-        {"scheduler": scheduler.state_dict(), "rng": rng if rng is not None else rng_state()},
-    )
-    _write_json(tmp / "position.json", asdict(position))
-    fsync_directory(tmp)
+    try:
+        _save(tmp / "model.pt", model.state_dict())
+        time.sleep(float(os.environ.get(TEST_SAVE_DELAY, "0")))  # tests: a save to interrupt
+        _save(tmp / "optimizer.pt", optimizer.state_dict())
+        _save(
+            tmp / "trainer.pt",
+            {"scheduler": scheduler.state_dict(), "rng": rng if rng is not None else rng_state()},
+        )
+        _write_json(tmp / "position.json", asdict(position))
+        fsync_directory(tmp)
+    except BaseException:  # a second Ctrl-C, a full disk: no half-written checkpoint stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():  # re-saving a step (e.g. a resumed run that stops where it began)
         old = root / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
         os.rename(final, old)
