@@ -37,7 +37,9 @@ LONGER = [
     {"role": "user", "content": "Thank you!"},
     {"role": "assistant", "content": "You are welcome."},
 ]
-SHAREGPT = {"conversations": [{"from": "human", "value": QUESTION}, {"from": "gpt", "value": ANSWER}]}
+SHAREGPT = {
+    "conversations": [{"from": "human", "value": QUESTION}, {"from": "gpt", "value": ANSWER}]
+}
 
 
 def write_conversations(path) -> None:
@@ -152,11 +154,13 @@ def test_generate_responses_then_evaluate_unchanged(qwen3_run, tmp_path):
     assert document["metrics"]["n"] == 2
     for scored, record in zip(document["records"], responses, strict=True):
         assert scored["exact_match"] == exact_match(record["model_response"], record["output"])
-        assert scored["rouge_l"] == pytest.approx(rouge_l(record["model_response"], record["output"]))
+        assert scored["rouge_l"] == pytest.approx(
+            rouge_l(record["model_response"], record["output"])
+        )
 
 
 def test_llama_lora_finetune_then_generate(chat_model_dir, conversations, tmp_path):
-    from safetensors import safe_open
+    from safetensors.torch import load_file
 
     base = chat_model_dir("llama")
     out = tmp_path / "llama-lora"
@@ -165,8 +169,8 @@ def test_llama_lora_finetune_then_generate(chat_model_dir, conversations, tmp_pa
         "--lora-rank", 4, "--lr", "1e-2", "--batch-size", 2, "--eval-every", 0, "--quiet",
     )  # fmt: skip
     assert "LoRA rank 4, alpha 16.0 on 14 layers" in result.stdout  # 7 projections x 2 layers
-    with safe_open(str(out / "adapter.safetensors"), framework="pt") as adapter:
-        adapted = {name.split(".")[-3] for name in adapter.keys()}  # ...{proj}.lora.A
+    adapter = load_file(out / "adapter.safetensors")
+    adapted = {name.split(".")[-3] for name in adapter}  # layers.N.mlp.up_proj.lora.A
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     reference = Reference(out / "model")
     assert sorted(reference.end_ids) == sorted(

@@ -101,9 +101,7 @@ def prompt_limit(context_length: int, max_new_tokens: int) -> int:
     return context_length - min(max_new_tokens, context_length // 2)
 
 
-def fit_history(
-    style, tokenizer, messages: list[dict], limit: int
-) -> tuple[list[dict], list[int]]:
+def fit_history(style, tokenizer, messages: list[dict], limit: int) -> tuple[list[dict], list[int]]:
     """The latest turns whose rendering (with the assistant header) is at most `limit`
     tokens, and those tokens. A leading system message is always kept; the oldest
     user/assistant pair is dropped first; the last user turn stays even when alone too long

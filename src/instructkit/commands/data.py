@@ -277,9 +277,7 @@ def _show_labels(dataset, limit: int, count: int) -> None:
             legend = "'train' = always trained, 'prompt' = trained unless mask_prompt"
         else:
             legend = "'train' = trained (assistant turns), 'ignored' = no loss"
-        print(
-            f"\nexample {index}: {len(example)} tokens, prompt {example.prompt_length}; {legend}"
-        )
+        print(f"\nexample {index}: {len(example)} tokens, prompt {example.prompt_length}; {legend}")
         print(f"  {'pos':>5}  {'input':{width}}  {'target':{width}}  loss")
         for row in label_targets(example, tokenizer.eos_id, limit):
             shown = "-" if row.target_id is None else _token_text(tokenizer, row.target_id)
