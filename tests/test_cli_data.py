@@ -224,7 +224,9 @@ def test_help_shows_defaults(capsys):
         cli.main(["data", "inspect", "--help"])
     assert caught.value.code == 0
     help_text = capsys.readouterr().out
-    assert "(default: gpt2)" in help_text and "(default: 1024)" in help_text
+    # without --model: GPT-2's tokenizer and a 1024-token context; with it, the model's
+    assert "tokenizer is --tokenizer, else gpt2" in " ".join(help_text.split())
+    assert "(default: --model's, else 1024)" in help_text
 
 
 def test_a_slow_inspection_shows_progress_on_stderr(

@@ -373,6 +373,8 @@ class GenerationConfig:
     """The token that ends a response (the tokenizer's end of text); not part of the response."""
     stop_ids: tuple[int, ...] = ()
     """Further tokens that end a response, e.g. a chat template's end-of-turn token."""
+    vocab_size: int | None = None
+    """Only ids below this are generated (a model vocabulary padded past the tokenizer's)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -397,8 +399,23 @@ class GenerationConfig:
             problems.append(
                 f"token ids must be >= 0, got eos_id {self.eos_id}, stop_ids {self.stop_ids}"
             )
+        if self.vocab_size is not None and self.vocab_size < 1:
+            problems.append(f"vocab_size must be at least 1, got {self.vocab_size}")
         if problems:
             raise UserError([f"generation: {problem}" for problem in problems])
+
+    def for_tokenizer(self, tokenizer) -> GenerationConfig:
+        """This config ending at every end id of `tokenizer` and generating only its ids.
+
+        Chat models end a turn with one token and a text with another (Llama 3: <|eot_id|>,
+        <|end_of_text|>; Qwen: <|im_end|>, <|endoftext|>), and their embedding matrices
+        have rows past the tokenizer's last id that no text can decode.
+        """
+        ends = tuple(getattr(tokenizer, "end_ids", (tokenizer.eos_id,)))
+        stops = tuple(dict.fromkeys(i for i in (*ends[1:], *self.stop_ids) if i != ends[0]))
+        return dataclasses.replace(
+            self, eos_id=ends[0], stop_ids=stops, vocab_size=tokenizer.vocab_size
+        )
 
     @property
     def end_ids(self) -> tuple[int, ...]:

@@ -7,7 +7,8 @@ given beside it override its fields. Each new token costs one position instead o
 the whole context: keys and values of earlier positions stay in a `KVCache`. Prompts of
 different lengths run as one batch, left-padded (padding is segment 0, so no real token
 attends to it, with position ids that start at each row's first real token); rows that end
-(`eos_id` or one of `stop_ids`) leave the batch. Beyond the context window the book crops to
+(`eos_id` or one of `stop_ids`) leave the batch; with `vocab_size`, ids past the tokenizer's
+are never sampled. Beyond the context window the book crops to
 the last `context_size` tokens, which shifts every position, so cached keys no longer apply:
 from then on each step recomputes the window, exactly as the book's loop does.
 """
@@ -196,6 +197,8 @@ def decode(
                     model, tokens[:, end - window : end], valid[:, end - window : end]
                 )
             logits = model.lm_head(hidden).float()  # (B, V)
+            if config.vocab_size is not None and config.vocab_size < logits.shape[-1]:
+                logits[:, config.vocab_size :] = float("-inf")  # rows no token decodes to
             next_tokens = sample(
                 logits, config.temperature, config.top_k, config.top_p, generator
             )  # (B,)

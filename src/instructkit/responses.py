@@ -123,7 +123,7 @@ def generate_responses(
         outputs = generation.generate_batch(
             model,
             [prompt_ids[i] for i in batch],
-            config=dataclasses.replace(config, batch_size=len(batch), eos_id=tokenizer.eos_id),
+            config=dataclasses.replace(config, batch_size=len(batch)).for_tokenizer(tokenizer),
         )
         for i, new_ids in zip(batch, outputs, strict=True):
             done[i] = extract_response(style, prompts[i], tokenizer.decode(new_ids))

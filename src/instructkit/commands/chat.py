@@ -1,8 +1,11 @@
 """`instructkit chat`: talk to a model in the terminal, its reply streamed as it is generated.
 
-Each line you type becomes the instruction of one prompt in the model's prompt style (the
-one saved with the run, else alpaca); the model answers it alone, without earlier turns,
-because that is the single-turn format it was fine-tuned on.
+With a model that has a chat template (Llama 3, Qwen; or --style chatml) the chat is
+multi-turn: each line is a user turn, the whole history (an optional --system prompt, then
+the turns so far) is rendered with the template, and the oldest turns are dropped when it
+would no longer leave room for the reply in the context; the system prompt stays. With a
+single-turn style (the book's alpaca, the GPT-2 default) each line is the instruction of
+one prompt, answered alone, because that is the format the model was fine-tuned on.
 """
 
 from __future__ import annotations
@@ -22,14 +25,20 @@ def register(subparsers) -> None:
         "chat",
         help="chat with a model in the terminal",
         description=(
-            "Chat with a model: each line is an instruction, the reply streams as it is\n"
-            "generated. /exit or Ctrl-D quits; Ctrl-C stops the current reply.\n\n"
+            "Chat with a model: each line is a user turn (a multi-turn conversation with a\n"
+            "chat-template model; one instruction at a time with alpaca), the reply streams\n"
+            "as it is generated. /exit or Ctrl-D quits; Ctrl-C stops the current reply.\n\n"
             "  instructkit chat --model runs/demo\n"
             "  echo 'Name three primary colors.' | instructkit chat --model runs/demo"
         ),
         formatter_class=HelpFormatter,
     )
     add_model_arguments(parser)
+    parser.add_argument(
+        "--system",
+        default=None,
+        help="system prompt for multi-turn chat (kept when old turns are dropped)",
+    )
     add_generation_flags(parser)
     parser.set_defaults(run=run)
 
@@ -44,9 +53,20 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, style = load_for_generation(
         args.model, args.style, args.tokenizer, args.device
     )
+    config = config.for_tokenizer(tokenizer)  # any end id stops a reply
+    multi_turn = style.supports_conversations
+    if args.system is not None and not multi_turn:
+        raise UserError(
+            f"--system needs a multi-turn prompt style (a chat template or chatml); "
+            f"{args.model} uses {style.name}"
+        )
+    history = [{"role": "system", "content": args.system}] if args.system else []
+    limit = prompt_limit(model.config.context_length, config.max_new_tokens)
     interactive = sys.stdin.isatty()
+    turns = "multi-turn" if multi_turn else "one instruction at a time"
     print(
-        f"chatting with {args.model} (style {style.name}); /exit or Ctrl-D quits", file=sys.stderr
+        f"chatting with {args.model} (style {style.name}, {turns}); /exit or Ctrl-D quits",
+        file=sys.stderr,
     )
     while True:
         if interactive:
@@ -56,23 +76,53 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if not line.strip():
             continue
-        prompt_ids = tokenizer.encode(style.prompt({"instruction": line.strip(), "input": ""}))
+        if multi_turn:
+            history.append({"role": "user", "content": line.strip()})
+            history, prompt_ids = fit_history(style, tokenizer, history, limit)
+        else:
+            prompt_ids = tokenizer.encode(style.prompt({"instruction": line.strip(), "input": ""}))
         try:
             check_prompt_fits(len(prompt_ids), model, "the message")
         except UserError as error:
             if not interactive:  # piped input: a script should see it fail
                 raise
             print(f"error: {error.problems[0]}", file=sys.stderr)  # the user may type again
+            if multi_turn:
+                history.pop()
             continue
-        tokens = stream(model, prompt_ids, eos_id=tokenizer.eos_id, config=config)
+        tokens = stream(model, prompt_ids, config=config)
+        reply = []
         try:
             for piece in reply_text(tokens, tokenizer, style.stop_strings):
                 print(piece, end="", flush=True)
+                reply.append(piece)
         except KeyboardInterrupt:
             pass  # stop this reply, keep chatting
         finally:
             tokens.close()
         print(flush=True)
+        if multi_turn:
+            history.append({"role": "assistant", "content": "".join(reply)})
+
+
+def prompt_limit(context_length: int, max_new_tokens: int) -> int:
+    """Most prompt tokens a turn may use: the context less room for the reply (at most half
+    the context, so that a large --max-new-tokens still leaves room for some history)."""
+    return context_length - min(max_new_tokens, context_length // 2)
+
+
+def fit_history(style, tokenizer, messages: list[dict], limit: int) -> tuple[list[dict], list[int]]:
+    """The latest turns whose rendering (with the assistant header) is at most `limit`
+    tokens, and those tokens. A leading system message is always kept; the oldest
+    user/assistant pair is dropped first; the last user turn stays even when alone too long
+    (generation then keeps its last tokens, as the book's `generate` crops)."""
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    turns = messages[len(system) :]
+    while True:
+        ids = tokenizer.encode(style.render(system + turns, add_generation_prompt=True))
+        if len(ids) <= limit or len(turns) <= 1:
+            return system + turns, ids
+        turns = turns[2:] if len(turns) > 2 else turns[1:]
 
 
 def reply_text(

@@ -1,12 +1,14 @@
 """`instructkit data`: look at an instruction file before training on it, or write the built-in one.
 
-`inspect` validates every record, then reports what training will see: split sizes,
-duplicate records and test/validation records that copy a training record,
-token lengths of prompts and responses, records that truncation would cut (and whose
-end-of-text target the book's collate would lose), records that would train on nothing
-with prompt masking, and the padding efficiency of random, length-grouped and packed
-batches. `builtin` writes the built-in demo dataset to a file. `dedup`, `generate` and
-`prefs` (commands.data_tools) remove duplicates and have an LLM write records or DPO pairs.
+`inspect` validates every record (instruction records and conversations), then reports
+what training will see: split sizes, duplicate records and test/validation records that
+copy a training record, token lengths of prompts and responses, records that truncation
+would cut (and whose end-of-text target the book's collate would lose), records that would
+train on nothing (prompt masking, or a conversation cut before its first assistant token),
+and the padding efficiency of random, length-grouped and packed batches. With --model, the
+model's tokenizer, chat template and context length are used. `builtin` writes the
+built-in demo dataset to a file. `dedup`, `generate` and `prefs` (commands.data_tools)
+remove duplicates and have an LLM write records or DPO pairs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from instructkit.commands.data_tools import register_actions
 from instructkit.commands.finetune import add_finetune_flags
 
 SHOWN_TOKEN_CHARS = 18
+DEFAULT_CONTEXT = 1024
+DEFAULT_TOKENIZER = "gpt2"
+PACKING_MODEL = "random:tiny"
 INSPECT_FINETUNE_FLAGS = ("tokenizer", "style", "allowed_max_length", "batch_size", "seed")
 
 
@@ -43,10 +48,15 @@ def register(subparsers) -> None:
         default=None,
         help="column mapping, e.g. instruction=prompt,output=completion",
     )
-    inspect.add_argument("--context-length", type=int, default=1024, help="model context length")
+    inspect.add_argument(
+        "--context-length",
+        type=int,
+        default=None,
+        help=f"model context length (default: --model's, else {DEFAULT_CONTEXT})",
+    )
     # finetune's own flags and defaults, so the report describes what finetune will do;
-    # only the tokenizer differs: there is no model here to take one from, so GPT-2's.
-    add_finetune_flags(inspect, INSPECT_FINETUNE_FLAGS, defaults={"tokenizer": "gpt2"})
+    # only the tokenizer differs: without --model there is none to take, so GPT-2's.
+    add_finetune_flags(inspect, INSPECT_FINETUNE_FLAGS, defaults={"tokenizer": None})
     inspect.add_argument(
         "--show-labels",
         type=int,
@@ -64,8 +74,10 @@ def register(subparsers) -> None:
     )
     inspect.add_argument(
         "--model",
-        default="random:tiny",
-        help="model for --check-packing (any spec finetune accepts); random:tiny needs no download",
+        default=None,
+        help="the model to train (any spec finetune accepts): its tokenizer, chat template and "
+        "context length are used, and --check-packing runs it (default: none; then the "
+        f"tokenizer is --tokenizer, else gpt2, and --check-packing runs {PACKING_MODEL})",
     )
     inspect.add_argument(
         "--check-examples", type=int, default=16, help="examples the packing self-test uses"
@@ -129,22 +141,33 @@ def run(args: argparse.Namespace) -> int:
     _print_records(args.file, record_stats(records, source=str(args.file)))
     print(format_split_check(check_splits(records, source=str(args.file)), records))
 
-    tokenizer = _tokenizer_or_none(args.tokenizer)
+    model = tokenizer = None
+    if args.model is not None:
+        random = args.model.startswith("random:")  # a preset has no tokenizer of its own
+        given = args.tokenizer or (DEFAULT_TOKENIZER if random else None)
+        model, tokenizer = _load_model(args.model, given, args.seed)
+    else:
+        tokenizer = _tokenizer_or_none(args.tokenizer or DEFAULT_TOKENIZER)
     if tokenizer is None:
         return 0
+    context_length = args.context_length or (
+        model.config.context_length if model is not None else DEFAULT_CONTEXT
+    )
     dataset = InstructionDataset(  # style None: the model's template or alpaca
         records, tokenizer, args.style, progress=not args.quiet
     )
-    limit = truncation_limit(args.allowed_max_length, args.context_length)
+    limit = truncation_limit(args.allowed_max_length, context_length)
     stats = token_stats(
-        dataset, args.context_length, limit, args.batch_size, args.seed, progress=not args.quiet
+        dataset, context_length, limit, args.batch_size, args.seed, progress=not args.quiet
     )
     _print_tokens(stats, dataset, args.batch_size)
 
     if args.show_labels:
         _show_labels(dataset, limit, args.show_labels)
     if args.check_packing:
-        _check_packing(args, dataset, limit)
+        if model is None:
+            model, _ = _load_model(PACKING_MODEL, dataset.tokenizer, args.seed)
+        _check_packing(args.model or PACKING_MODEL, model, dataset, limit, args.check_examples)
     if args.plot:
         from instructkit.plots import plot_length_histogram
 
@@ -155,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
     too_long = [
         f"{args.file}: record index {index}: prompt alone is {stats.prompt_lengths[index]} "
-        f"tokens, the context length is {args.context_length}: no room for the response"
+        f"tokens, the context length is {context_length}: no room for the response"
         for index in stats.prompts_filling_context
     ]
     if too_long:
@@ -163,17 +186,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(spec: str, tokenizer, seed: int):
+    """The model and its tokenizer (`tokenizer`, a spec or object, overrides the model's)."""
+    from instructkit.errors import ModelError
+    from instructkit.model import load_pretrained
+
+    model, found = load_pretrained(spec, tokenizer=tokenizer, seed=seed)
+    if found is None:
+        raise ModelError(f"model {spec!r} comes without a tokenizer; pass one with --tokenizer")
+    return model, found
+
+
 def _print_records(path: Path, stats) -> None:
     from instructkit.console import plural
+    from instructkit.data.stats import CONVERSATION_ROLES
 
     print(f"{path}: {plural(stats.records, 'record')}, all valid")
-    print(f"  with input: {stats.with_input}")
+    if stats.conversations:
+        print(f"  conversations: {stats.conversations} (messages each: {stats.turns})")
+    if stats.records > stats.conversations:
+        print(f"  with input: {stats.with_input}")
     if stats.extra_keys:
         print(f"  extra keys kept: {', '.join(stats.extra_keys)}")
     split_by = "each record's split field" if stats.split_method == "field" else "book split"
     print(f"  {split_by} (train/test/val): {'/'.join(map(str, stats.split_sizes))}")
     for field, summary in stats.characters.items():
-        print(f"  {field} characters: {summary}")
+        per = " (per message)" if field in CONVERSATION_ROLES else ""
+        print(f"  {field} characters{per}: {summary}")
 
 
 def _tokenizer_or_none(spec: str):
@@ -209,6 +248,9 @@ def _print_tokens(stats, dataset, batch_size: int) -> None:
         "their end-of-text target; InstructionCollator keeps it)"
     )
     print(f"  training on zero tokens with mask_prompt: {stats.masked_empty}")
+    if stats.trained_lengths is not None:
+        print(f"  trained (assistant) tokens: {summarize(stats.trained_lengths)}")
+        print(f"  left with no trained token by truncation: {stats.untrained}")
     print(f"padding efficiency, real tokens / all tokens (batch size {batch_size}):")
     for mode in stats.batching:
         shape = f"{mode.batches} batch" + ("" if mode.batches == 1 else "es")
@@ -217,28 +259,32 @@ def _print_tokens(stats, dataset, batch_size: int) -> None:
         print(f"  {mode.name + ':':16}{mode.padding_efficiency:.3f}  ({shape})")
 
 
-def _check_packing(args, dataset, limit: int) -> None:
+def _check_packing(spec: str, model, dataset, limit: int, count: int) -> None:
     """Run the packed-vs-padded self-test on the first examples of the user's data."""
     from instructkit.console import plural
     from instructkit.data.packing_check import TOLERANCE, check_packing
     from instructkit.errors import UserError
-    from instructkit.model import load_pretrained
 
-    model, _ = load_pretrained(args.model, tokenizer=dataset.tokenizer, seed=args.seed)
     max_length = min(limit, model.config.context_length)
-    examples = dataset.examples[: args.check_examples]
+    examples = dataset.examples[:count]
     check = check_packing(model, examples, dataset.tokenizer.eos_id, max_length)
     print(
-        f"packing self-test ({args.model}, {plural(check.examples, 'example')} in "
+        f"packing self-test ({spec}, {plural(check.examples, 'example')} in "
         f"{plural(check.packed_rows, 'packed row')}): max logit difference "
         f"{check.max_logit_difference:.2e}, loss padded {check.loss_padded:.6f} "
         f"vs packed {check.loss_packed:.6f}"
     )
+    if not check.positions_restart:
+        raise UserError(
+            "packing self-test failed: position ids do not restart at 0 in every packed "
+            "example; train without --pack"
+        )
     if not check.passed:
         raise UserError(
             f"packing self-test failed: packed examples differ from padded ones by more than "
             f"{TOLERANCE} (see the numbers above); train without --pack"
         )
+    print("  position ids restart at 0 in every packed example")
     print("  passed: packing changes nothing the model computes")
 
 
@@ -248,10 +294,11 @@ def _show_labels(dataset, limit: int, count: int) -> None:
     tokenizer = dataset.tokenizer
     width = SHOWN_TOKEN_CHARS + 2
     for index, example in enumerate(dataset.examples[:count]):
-        print(
-            f"\nexample {index}: {len(example)} tokens, prompt {example.prompt_length}; "
-            f"'train' = always trained, 'prompt' = trained unless mask_prompt"
-        )
+        if example.loss_mask is None:
+            legend = "'train' = always trained, 'prompt' = trained unless mask_prompt"
+        else:
+            legend = "'train' = trained (assistant turns), 'ignored' = no loss"
+        print(f"\nexample {index}: {len(example)} tokens, prompt {example.prompt_length}; {legend}")
         print(f"  {'pos':>5}  {'input':{width}}  {'target':{width}}  loss")
         for row in label_targets(example, tokenizer.eos_id, limit):
             shown = "-" if row.target_id is None else _token_text(tokenizer, row.target_id)

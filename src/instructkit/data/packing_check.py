@@ -30,11 +30,15 @@ class PackingCheck:
     max_logit_difference: float
     loss_padded: float
     loss_packed: float
+    positions_restart: bool = True
+    """Whether the packed rows' position ids start at 0 in every example (RoPE models see
+    positions only through them)."""
 
     @property
     def passed(self) -> bool:
         return (
-            self.max_logit_difference <= TOLERANCE
+            self.positions_restart
+            and self.max_logit_difference <= TOLERANCE
             and abs(self.loss_padded - self.loss_packed) <= TOLERANCE * max(1.0, self.loss_padded)
         )
 
@@ -86,4 +90,17 @@ def check_packing(
         loss_packed=float(
             model.loss(packed.input_ids, packed.targets, packed.position_ids, packed.segment_ids)
         ),
+        positions_restart=positions_restart(packed),
     )
+
+
+def positions_restart(batch: Batch) -> bool:
+    """Every packed example's position ids are 0, 1, ..., its length - 1."""
+    for row in range(batch.input_ids.shape[0]):
+        segments = batch.segment_ids[row]
+        for segment in segments.unique():
+            if segment > 0:
+                positions = batch.position_ids[row][segments == segment]
+                if not torch.equal(positions, torch.arange(len(positions))):
+                    return False
+    return True

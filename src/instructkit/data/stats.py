@@ -15,12 +15,14 @@ from typing import NamedTuple
 
 from instructkit import console
 from instructkit.constants import IGNORE_INDEX
-from instructkit.data.collate import InstructionCollator
+from instructkit.data.collate import InstructionCollator, count_untrained
+from instructkit.data.conversations import is_conversation
 from instructkit.data.dataset import Example, InstructionDataset
 from instructkit.data.sampling import build_loader
 from instructkit.data.splits import resolve_split_method, split_records
 
 RECORD_FIELDS = ("instruction", "input", "output")
+CONVERSATION_ROLES = ("system", "user", "assistant")
 MASKING_CHUNK = 64  # examples collated at once when counting masked-out records
 
 
@@ -48,13 +50,19 @@ class RecordStats:
 
     records: int
     with_input: int
+    """Instruction records with a non-empty input."""
     extra_keys: list[str]
     split_method: str
     """The method `split_records` used, "auto" resolved ("field" or "book")."""
     split_sizes: tuple[int, int, int]
     """(train, test, val)."""
     characters: dict[str, LengthSummary]
-    """Per record field (instruction, input, output)."""
+    """Per record field (instruction, input, output) of instruction records, and per role
+    (system, user, assistant: one value per message) of conversations."""
+    conversations: int = 0
+    """Records that are conversations (`messages`)."""
+    turns: LengthSummary | None = None
+    """Messages per conversation (None without conversations)."""
 
 
 def record_stats(
@@ -62,13 +70,24 @@ def record_stats(
 ) -> RecordStats:
     method = resolve_split_method(records, method)
     parts = split_records(records, method, seed, source=source)
+    chats = [r["messages"] for r in records if is_conversation(r)]
+    plain = [r for r in records if not is_conversation(r)]
+    characters = {
+        field: summarize([len(r[field]) for r in plain]) for field in RECORD_FIELDS if plain
+    }
+    for role in CONVERSATION_ROLES:
+        lengths = [len(m["content"]) for messages in chats for m in messages if m["role"] == role]
+        if lengths:
+            characters[role] = summarize(lengths)
     return RecordStats(
         records=len(records),
-        with_input=sum(bool(r["input"]) for r in records),
-        extra_keys=sorted({key for r in records for key in r} - set(RECORD_FIELDS)),
+        with_input=sum(bool(r["input"]) for r in plain),
+        extra_keys=sorted({key for r in records for key in r} - {*RECORD_FIELDS, "messages"}),
         split_method=method,
         split_sizes=(len(parts[0]), len(parts[1]), len(parts[2])),
-        characters={field: summarize([len(r[field]) for r in records]) for field in RECORD_FIELDS},
+        characters=characters,
+        conversations=len(chats),
+        turns=summarize([len(messages) for messages in chats]) if chats else None,
     )
 
 
@@ -98,6 +117,12 @@ class TokenStats:
     masked_empty: int
     """Examples with no target left under mask_prompt (their prompt fills the limit)."""
     batching: list[BatchingStats]
+    trained_lengths: list[int] | None = None
+    """Per example, the tokens its loss mask trains (conversations and chat templates:
+    the assistant turns); None when no example has a loss mask."""
+    untrained: int = 0
+    """Examples with a loss mask that truncation leaves with no trained token (training
+    skips them whatever mask_prompt says)."""
 
     @property
     def total_lengths(self) -> list[int]:
@@ -131,6 +156,8 @@ def token_stats(
     for start in range(0, len(dataset), MASKING_CHUNK):
         batch = masking(dataset.examples[start : start + MASKING_CHUNK])
         masked_empty += int(((batch.targets != masking.ignore_index).sum(1) == 0).sum())
+    masked = [example for example in dataset.examples if example.loss_mask is not None]
+    trained = [sum(example.loss_mask[1:]) for example in masked]
     return TokenStats(
         prompt_lengths=[example.prompt_length for example in dataset.examples],
         response_lengths=[len(example) - example.prompt_length for example in dataset.examples],
@@ -140,6 +167,8 @@ def token_stats(
         truncated=sum(n > limit for n in lengths),
         masked_empty=masked_empty,
         batching=batching_stats(dataset, limit, batch_size, seed, progress=progress),
+        trained_lengths=trained or None,
+        untrained=count_untrained(masked, limit),
     )
 
 

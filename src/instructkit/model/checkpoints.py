@@ -124,22 +124,27 @@ def save_pretrained(
     """Write `model` in its Hugging Face layout (plus `instructkit.json` metadata): GPT-2's,
     or for a DecoderModel its family's class, config fields and end ids.
 
+    `generation_config.json` lists every end id (the model's and the tokenizer's `end_ids`),
+    and the tokenizer's files carry its chat template, so generation from the saved
+    directory renders and stops as the original model does.
+
     The directory is built beside its destination and renamed into place, so a crash never
     leaves a half-written model where a complete one was.
     """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     dtype = next(model.parameters()).dtype
+    tokenizer_ends = list(getattr(tokenizer, "end_ids", ()))
     if isinstance(model, DecoderModel):
         tensors = decoder_state_dict(model)
-        eos_ids = list(model.eos_ids)
-        if not eos_ids and getattr(tokenizer, "eos_id", None) is not None:
-            eos_ids = [tokenizer.eos_id]
+        eos_ids = list(dict.fromkeys([*model.eos_ids, *tokenizer_ends]))
         configs = {"config.json": families.config_to_hf(model.config, dtype, eos_ids)}
         if eos_ids:
             configs[families.GENERATION_CONFIG] = families.generation_config(eos_ids)
     else:
         tensors = to_hf_state_dict(model)
         configs = {"config.json": gpt2_config(model.config, tokenizer, dtype)}
+        if len(tokenizer_ends) > 1:  # a chat tokenizer's end-of-turn ids travel with the run
+            configs[families.GENERATION_CONFIG] = families.generation_config(tokenizer_ends)
     target = Path(directory)
     if target.exists() and not target.is_dir():
         raise ModelError(f"{target}: exists and is not a directory")
@@ -286,7 +291,7 @@ def random_model(preset: str, tokenizer: Any, seed: int) -> Model:
         if preset in DECODER_PRESETS:
             model = DecoderModel(DecoderConfig.preset(preset, **overrides))
             if tokenizer is not None:
-                model.eos_ids = [tokenizer.eos_id]
+                model.eos_ids = list(getattr(tokenizer, "end_ids", (tokenizer.eos_id,)))
             return model.eval()
         return GPTModel(GPTConfig.preset(preset, **overrides)).eval()
 

@@ -6,10 +6,13 @@ this class, so tests can serve a tiny random model (or any object with the same
 methods). Model calls are serialised with one lock, taken for each decoding step rather
 than a whole reply, so a slow or vanished streaming client never blocks the others.
 
-How chat messages become a record: the last user message is the `instruction`; the
-text of any system messages is the `input` (the book's optional context block, so a
-client can send an (instruction, input) pair as system + user); earlier user and
-assistant turns are dropped, since the model was tuned on single-turn records.
+How chat messages become a prompt: a style that lays out conversations (the model's own
+chat template, or chatml) renders the whole message list with the assistant header after
+it, so the model sees every earlier turn, as it was trained to. For single-turn styles
+(the book's alpaca, phi3) the last user message is the `instruction`; the text of any
+system messages is the `input` (the book's optional context block, so a client can send
+an (instruction, input) pair as system + user); earlier user and assistant turns are
+dropped, since the model was tuned on single-turn records.
 """
 
 from __future__ import annotations
@@ -55,6 +58,26 @@ def messages_to_record(messages: list[dict]) -> dict:
         )
     system = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
     return {"instruction": users[-1], "input": system.strip()}
+
+
+def render_chat(style, messages: list[dict]) -> str:
+    """The whole conversation in a conversation style, ending in the assistant header.
+
+    OpenAI's `developer` role is the system prompt; anything else the template cannot lay
+    out (a role it refuses) is the request's fault.
+    """
+    if not any(m["role"] == "user" for m in messages):
+        raise RequestError(
+            "messages must contain at least one message with role 'user'", "messages"
+        )
+    turns = [
+        {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
+        for m in messages
+    ]
+    try:
+        return style.render(turns, add_generation_prompt=True)
+    except UserError as error:
+        raise RequestError("; ".join(error.problems), "messages") from None
 
 
 class Generation:
@@ -193,7 +216,8 @@ class Engine:
 
     `config` holds the server's defaults for requests that leave a setting out (the greedy
     book defaults unless `serve` was given flags); `settings` override its fields
-    (e.g. max_new_tokens=40). Its eos id is always the tokenizer's.
+    (e.g. max_new_tokens=40). Its end ids are always the tokenizer's (`end_ids`: any of them
+    ends a reply), and only the tokenizer's ids are generated.
     """
 
     def __init__(
@@ -203,8 +227,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.style = style
         self.name = name
-        self.config = dataclasses.replace(
-            config or GenerationConfig(), **settings, eos_id=tokenizer.eos_id
+        self.config = dataclasses.replace(config or GenerationConfig(), **settings).for_tokenizer(
+            tokenizer
         )
         self.lock = FairLock()
 
@@ -226,8 +250,12 @@ class Engine:
         }
 
     def chat(self, messages: list[dict], params: SamplingParams) -> Generation:
-        """A reply to chat messages, through the model's prompt style."""
-        prompt = self.style.prompt(messages_to_record(messages))
+        """A reply to chat messages: the whole conversation through a chat template (or
+        chatml), only the last user message (plus system text) through single-turn styles."""
+        if self.style.supports_conversations:
+            prompt = render_chat(self.style, messages)
+        else:
+            prompt = self.style.prompt(messages_to_record(messages))
         return self._generation(prompt, params, chat=True)
 
     def instruct(self, instruction: str, input_text: str, params: SamplingParams) -> Generation:
@@ -255,8 +283,8 @@ class Engine:
         # Replies are cut where the context ends (finish_reason "length").
         budget = min(wanted, self.context_length - len(ids))
         try:
-            config = dataclasses.replace(
-                config, max_new_tokens=budget, eos_id=self.tokenizer.eos_id
+            config = dataclasses.replace(config, max_new_tokens=budget).for_tokenizer(
+                self.tokenizer
             )
         except UserError as error:
             raise RequestError("; ".join(error.problems), "max_tokens") from None

@@ -36,10 +36,12 @@ from instructkit.data import (
     InstructionCollator,
     InstructionDataset,
     build_loader,
+    count_untrained,
     load_instructions,
     split_records,
 )
 from instructkit.data.chat_template import resolve_style
+from instructkit.data.stats import truncation_limit
 from instructkit.errors import DataError, ModelError, UserError
 from instructkit.files import check_writable
 from instructkit.model import load_pretrained, save_pretrained
@@ -209,6 +211,8 @@ def setup(
     train_loader, val_loader = build_loaders(
         config, model, tokenizer, train_records, val_records, info
     )
+    # the loader's dataset is the training examples
+    say(untrained_line(config, train_loader.dataset, model.config.context_length))
     batches_per_epoch = len(train_loader)
     total_steps = count_steps(config, batches_per_epoch, len(train_records), info)
     objective = LossModule(model)
@@ -302,6 +306,20 @@ def build_loaders(config, model, tokenizer, train_records, val_records, info) ->
     train_loader = build_loader(train_set, collator, shuffle=True, drop_last=True, **loader_args)
     val_loader = build_loader(val_set, collator, shuffle=False, drop_last=False, **loader_args)
     return train_loader, val_loader
+
+
+def untrained_line(config: FinetuneConfig, examples: list, context_length: int) -> str:
+    """How many training examples truncation leaves with no trained token: they cost
+    compute and teach nothing (a long user turn can push every assistant token out)."""
+    limit = truncation_limit(config.allowed_max_length, context_length)
+    untrained = count_untrained(examples, limit, config.mask_prompt)
+    line = (
+        f"Examples with no trained token after truncation to {limit} tokens: "
+        f"{untrained} of {len(examples)}"
+    )
+    if untrained:
+        line += " (they add nothing to the loss; raise --allowed-max-length or shorten them)"
+    return line
 
 
 def count_steps(
