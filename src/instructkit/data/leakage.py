@@ -82,15 +82,34 @@ def check_splits(
     from instructkit.data.splits import resolve_split_method, split_records
 
     method = resolve_split_method(records, method)
+    records = [comparable(record) for record in records]
     train, test, val = split_records(records, method, seed, source=source)
     leaks = find_leakage(train, {"test": test, "val": val}, fields, threshold)
     splits = {"train": train, "test": test, "val": val}
     return SplitCheck(method, splits, find_duplicates(records, fields, threshold), leaks)
 
 
+def comparable(record: dict) -> dict:
+    """A conversation compared as an instruction record: its user turns are the instruction,
+    its system turns the input, its assistant turns the output (its split kept)."""
+    if "messages" not in record:
+        return record
+    turns = {"user": [], "system": [], "assistant": []}
+    for message in record["messages"]:
+        turns.setdefault(message["role"], []).append(message["content"])
+    flat = {
+        "instruction": "\n".join(turns["user"]),
+        "input": "\n".join(turns["system"]),
+        "output": "\n".join(turns["assistant"]),
+    }
+    return {**flat, **({"split": record["split"]} if "split" in record else {})}
+
+
 def format_split_check(check: SplitCheck, records: Sequence[dict], examples: int = 3) -> str:
     """`data inspect`'s section: duplicate groups, then leakage per evaluation split."""
     from instructkit.data.dedup import format_duplicates
+
+    records = [comparable(record) for record in records]
 
     evaluation = {name: check.splits[name] for name in ("test", "val")}
     lines = [
