@@ -138,20 +138,27 @@ def test_generate_responses_then_evaluate_unchanged(qwen3_run, tmp_path):
     run, _ = qwen3_run
     data = tmp_path / "questions.json"
     records = [{"instruction": QUESTION, "input": "", "output": ANSWER},
-               {"instruction": "Thank you!", "input": "", "output": "You are welcome."}]  # fmt: skip
+               {"instruction": "Thank you!", "input": "", "output": "You are welcome."},
+               {"messages": LONGER}]  # fmt: skip
     data.write_text(json.dumps(records))
     out = tmp_path / "responses.json"
     cli("generate", "--model", run, "--data", data, "--split", "all", "--out", out,
         "--max-new-tokens", 30, "--quiet")  # fmt: skip
     responses = json.loads(out.read_text())
     reference = Reference(run / "model")
-    for record in responses:
+    for record in responses[:2]:
         user = [{"role": "user", "content": record["instruction"]}]
         assert record["model_response"] == reference.text(user, 30).strip()
+    # the conversation is answered at its last turn, which is also what evaluate compares
+    assert responses[2]["model_response"] == reference.text(LONGER[:-1], 30).strip()
+    assert (
+        responses[2]["instruction"] == "Thank you!"
+        and responses[2]["output"] == LONGER[-1]["content"]
+    )
     scores = tmp_path / "scores.json"
     cli("evaluate", "--responses", out, "--out", scores)
     document = json.loads(scores.read_text())
-    assert document["metrics"]["n"] == 2
+    assert document["metrics"]["n"] == 3
     for scored, record in zip(document["records"], responses, strict=True):
         assert scored["exact_match"] == exact_match(record["model_response"], record["output"])
         assert scored["rouge_l"] == pytest.approx(

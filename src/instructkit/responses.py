@@ -4,7 +4,8 @@
 cache (`instructkit.generate.generate_batch`), turns each output into a response the
 book's way (text after the prompt, response header removed, stripped) and returns the
 records with `model_response` added: the format of the book's
-`instruction-data-with-response.json`. Progress is saved after every batch to
+`instruction-data-with-response.json` (a conversation also gets the book's `instruction`,
+`input` and reference `output`, so `evaluate` scores it unchanged). Progress is saved after every batch to
 `OUT.partial`, together with the settings that produced it, so an interrupted run
 resumes without redoing finished records; the final file is written atomically and the
 progress file removed. Loading the model is `instructkit.loading`'s job.
@@ -44,6 +45,18 @@ def load_responses(path: str | Path, response_key: str = RESPONSE_KEY) -> list[d
 def extract_response(style, prompt: str, generated: str) -> str:
     """The book's extraction: the text after the prompt, the response header removed, stripped."""
     return style.extract_response(prompt + generated, prompt)
+
+
+def book_fields(record: dict) -> dict:
+    """For a conversation, the book's fields that `evaluate` reads: the last user turn as the
+    `instruction`, the turns before it as the `input`, the last answer (the one the model
+    was asked to give again) as the reference `output`. Nothing for instruction records."""
+    if "messages" not in record:
+        return {}
+    *before, answer = record["messages"]
+    last = max(i for i, message in enumerate(before) if message["role"] == "user")
+    context = "\n\n".join(f"{m['role']}: {m['content']}" for m in before[:last])
+    return {"instruction": before[last]["content"], "input": context, "output": answer["content"]}
 
 
 def _fingerprint(obj: Any) -> str:
@@ -132,7 +145,9 @@ def generate_responses(
         bar.update(len(batch))
     bar.close()
 
-    results = [{**record, RESPONSE_KEY: done[i]} for i, record in enumerate(records)]
+    results = [
+        {**record, **book_fields(record), RESPONSE_KEY: done[i]} for i, record in enumerate(records)
+    ]
     if out_path:
         write_json(out_path, results)
         if partial:
