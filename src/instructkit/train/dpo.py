@@ -38,6 +38,7 @@ from instructkit.train.loop import (
     measure_initial_losses,
     resume_from,
     train,
+    train_and_val_loaders,
     use_bf16,
     wrap_for_training,
 )
@@ -110,16 +111,7 @@ def setup(
     collator = PreferenceCollator(
         tokenizer.eos_id, min(config.allowed_max_length or context, context)
     )
-    loader_args = {
-        "batch_size": config.batch_size,
-        "group_by_length": config.group_by_length,
-        "seed": config.seed,
-        "rank": info.rank,
-        "world_size": info.world_size,
-        "num_workers": config.num_workers,
-    }
-    train_loader = build_loader(train_set, collator, shuffle=True, drop_last=True, **loader_args)
-    val_loader = build_loader(val_set, collator, shuffle=False, **loader_args)
+    train_loader, val_loader = train_and_val_loaders(config, info, collator, train_set, val_set)
     total_steps = count_steps(config, len(train_loader), len(train_set), info)
     optimizer, scheduler = build_optimizer(config, model, total_steps, device)
     install_test_step_delay(optimizer)

@@ -295,6 +295,11 @@ def build_loaders(config, model, tokenizer, train_records, val_records, info) ->
     )
     train_set = InstructionDataset(train_records, tokenizer, config.style, config.train_on)
     val_set = InstructionDataset(val_records, tokenizer, train_set.style, config.train_on)
+    return train_and_val_loaders(config, info, collator, train_set, val_set)
+
+
+def train_and_val_loaders(config, info, collator, train_set, val_set) -> tuple[Any, Any]:
+    """Training loader (shuffled, full batches) and validation loader, for any objective."""
     loader_args = {
         "batch_size": config.batch_size,
         "group_by_length": config.group_by_length,
