@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from instructkit import cli, demo
+from instructkit import cli, demo, loading
 from instructkit.data import load_instructions, split_records
 from instructkit.data.builtin import FAMILY_NAMES, underlying_item
 from instructkit.demo import (
@@ -207,12 +207,12 @@ def test_summary_is_printed(tmp_path, capsys, monkeypatch):
 def test_plan_follows_precision(monkeypatch):
     from instructkit import demo
 
-    monkeypatch.setattr(demo, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
     assert demo.choose_plan(False, "auto") == demo.FULL_BF16
     assert demo.choose_plan(False, "fp32") == demo.FULL
     assert demo.choose_plan(True, "auto") == demo.QUICK  # quick stays fp32 unless asked
     assert demo.choose_plan(True, "bf16").precision == "bf16"
-    monkeypatch.setattr(demo, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)
     assert demo.choose_plan(False, "auto") == demo.FULL
     assert demo.choose_plan(False, "bf16") == demo.FULL_BF16
     assert demo.FULL_BF16.max_steps > demo.FULL.max_steps
@@ -221,7 +221,7 @@ def test_plan_follows_precision(monkeypatch):
 
 
 @pytest.mark.skipif(
-    not demo.cpu_has_fast_bf16(),
+    not loading.cpu_has_native_bf16(),
     reason="this CPU has no native bf16 (oneDNN emulates it, ~30x slower than fp32: "
     "0.12 vs 3.6 GFLOP/s measured on a 1024^2 matmul); the bf16 training path is "
     "covered by tests/test_train.py on a tiny model",

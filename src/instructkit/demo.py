@@ -285,6 +285,9 @@ def finetune_config(data: DemoData, plan: DemoPlan, seed: int) -> FinetuneConfig
         allowed_max_length=plan.row_length,
         mask_prompt=True,
         pack=True,
+        # the data module holds items out by what determines the answer, a stricter check
+        # than text similarity (whose near misses, e.g. reversing "cat" and "cap", it allows)
+        check_leakage=False,
         eval_every=plan.eval_every,
         eval_batches=len(data.val),  # the whole validation split (packing makes few batches)
         save_every=0,
@@ -319,24 +322,15 @@ def score(out_dir: Path, untrained: dict) -> dict:
 
 def choose_plan(quick: bool, precision: str) -> DemoPlan:
     """The plan for `--quick` and `--precision` (auto|fp32|bf16)."""
+    from instructkit import loading
     from instructkit.config import PRECISIONS
 
     if precision not in PRECISIONS:
         raise UserError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
-    bf16 = precision == "bf16" or (precision == "auto" and not quick and cpu_has_fast_bf16())
+    bf16 = precision == "bf16" or (precision == "auto" and not quick and loading.cpu_has_native_bf16())
     if quick:
         return dataclasses.replace(QUICK, precision="bf16") if bf16 else QUICK
     return FULL_BF16 if bf16 else FULL
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (oneDNN's own check); False when unknown."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def claim_run_dir(out: Path, overwrite: bool) -> Path:

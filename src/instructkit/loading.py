@@ -35,6 +35,18 @@ def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
         raise UserError(f"--device {spec!r} is not auto, cpu, cuda, cuda:N or mps") from None
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX; oneDNN's own check).
+
+    Without it torch emulates bf16 matmuls, hundreds of times slower than fp32 (0.3 against
+    110 GFLOP/s measured on an AVX2 Zen 3), so bf16 is only a default where this is True.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def check_device(device: torch.device, spec: str) -> torch.device:
     """`device` if this machine has it, else a one-line UserError naming --device (before any
     model is loaded: `generate`, `chat`, `serve` and `finetune` all check here)."""

@@ -89,6 +89,21 @@ def check_splits(
     return SplitCheck(method, splits, find_duplicates(records, fields, threshold), leaks)
 
 
+def leakage_warning(records: list[dict], method: str, seed: int, source: str) -> str | None:
+    """The one line `finetune` prints when its test or validation split repeats training
+    records (a score on them measures memory), or None when none does."""
+    from instructkit.data.splits import split_records
+
+    train, test, val = split_records([comparable(r) for r in records], method, seed, source=source)
+    leaks = find_leakage(train, {"test": test, "val": val})
+    if not leaks:
+        return None
+    counts = {split: sum(leak.split == split for leak in leaks) for split in ("test", "val")}
+    return (
+        f"Warning: {counts['test']} of {len(test)} test and {counts['val']} of {len(val)} "
+        f"validation records nearly copy a training record; `instructkit data inspect "
+        f"{source}` lists them"
+    )
 def comparable(record: dict) -> dict:
     """A conversation compared as an instruction record: its user turns are the instruction,
     its system turns the input, its assistant turns the output (its split kept)."""

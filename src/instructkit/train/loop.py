@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from instructkit import console
+from instructkit import console, loading
 from instructkit.config import FinetuneConfig
 from instructkit.console import PipeSafe
 from instructkit.data import (
@@ -41,6 +41,7 @@ from instructkit.data import (
     split_records,
 )
 from instructkit.data.chat_template import resolve_style
+from instructkit.data.leakage import leakage_warning
 from instructkit.data.stats import truncation_limit
 from instructkit.errors import DataError, ModelError, UserError
 from instructkit.files import check_writable
@@ -205,9 +206,15 @@ def setup(
     if resume:  # the same records, or the data position and the model are meaningless
         check_fingerprint(Path(config.out), fingerprint, config.data)
     train_records, val_records = load_splits(config, records)
+    if config.check_leakage and info.is_main:
+        warning = leakage_warning(records, config.split, config.seed, config.data)
+        if warning:
+            say(warning)
     model, tokenizer, model_dropout = load_model(config, tokenizer, device, say)
     trainable, total = count_parameters(model)
     say(f"Trainable parameters: {trainable:,} of {total:,}")
+    bf16 = use_bf16(config, device)
+    say(precision_line(config, device, bf16))
     train_loader, val_loader = build_loaders(
         config, model, tokenizer, train_records, val_records, info
     )
@@ -237,7 +244,7 @@ def setup(
         scheduler=scheduler,
         objective=objective,
         train_module=train_module,
-        autocast=torch.autocast(device.type, torch.bfloat16, enabled=use_bf16(config, device)),
+        autocast=torch.autocast(device.type, torch.bfloat16, enabled=bf16),
     )
     if info.is_main:  # setup worked: now the run dir becomes this run's
         claim_run_dir(config, overwrite, fingerprint)
@@ -375,11 +382,24 @@ def wrap_for_training(
 
 
 def use_bf16(config: FinetuneConfig, device: torch.device) -> bool:
-    """bf16 autocast: by default on CUDA; on request on the CPU too, where CPUs with AVX-512
-    BF16 or AMX multiply bf16 several times faster than fp32 (4.4x measured, BENCHMARKS.md)."""
+    """bf16 autocast: by default on CUDA and on CPUs that multiply bf16 natively (AVX-512
+    BF16, AMX: 4.4x fp32's matmul rate measured, BENCHMARKS.md); on request elsewhere."""
     if config.precision == "bf16" and device.type not in ("cuda", "cpu"):
         raise UserError(f"precision: bf16 autocast runs on CUDA or the CPU, this run uses {device}")
-    return config.precision == "bf16" or (device.type == "cuda" and config.precision == "auto")
+    if config.precision == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and loading.cpu_has_native_bf16())
+    return config.precision == "bf16"
+
+
+def precision_line(config: FinetuneConfig, device: torch.device, bf16: bool) -> str:
+    """What --precision resolved to, and why when it was 'auto'."""
+    if not bf16:
+        if config.precision == "auto" and device.type == "cpu":
+            return "Precision: fp32 (this CPU has no native bf16; --precision bf16 forces autocast)"
+        return "Precision: fp32"
+    if config.precision == "auto" and device.type == "cpu":
+        return "Precision: bf16 autocast (this CPU multiplies bf16 natively; --precision fp32 to turn it off)"
+    return "Precision: bf16 autocast"
 
 
 def resume_from(run: Run, checkpoint: Path) -> None:
