@@ -1,10 +1,9 @@
 """What the fine-tuning and generation benchmarks share: data, tokenizer, peak, contenders.
 
-The data is the book's 1,100 records with the book's split and prompt format. The GPT-2
-vocabulary cannot be downloaded on offline machines; then a byte-level BPE trained on
-the records stands in, and the bench says which one it used. The fine-tuning contenders
-keep GPT-2's 50,257-row embedding either way (bench/responses.py sizes it to the tokenizer,
-so that every generated id decodes).
+The data is the book's 1,100 records with the book's split and prompt format, tokenized
+with the real GPT-2 BPE (`gpt2.tiktoken` beside the data, or tiktoken's cached `gpt2`).
+Every contender trains like for like: dropout 0, no gradient clipping, AdamW at the same
+settings, batches of 8 at random or grouped by length, in the same precision.
 """
 
 from __future__ import annotations
@@ -21,9 +20,10 @@ from book_reference import BookGPT, book_collate, calc_loss_batch
 from torch.utils.data import DataLoader
 
 # The book's data beside the checkout; INSTRUCTKIT_BOOK_DATA points elsewhere (a device
-# machine gets only the repository, so bench/gpu_check.sh carries a copy).
+# machine gets only the repository, so bench/gpu_check.sh carries a copy, and the ranks).
 BOOK_DATA = Path(os.environ.get("INSTRUCTKIT_BOOK_DATA") or
                  Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json")
+GPT2_RANKS = BOOK_DATA.parent / "gpt2.tiktoken"
 BATCH_SIZE = 8
 LR, WEIGHT_DECAY = 5e-5, 0.1
 
@@ -74,16 +74,16 @@ def load_book_split() -> tuple[list[dict], list[dict], list[dict]]:
 
 
 def build_tokenizer():
-    """tiktoken's GPT-2 when its vocabulary can be had, else a BPE trained on the data."""
+    """The real GPT-2 BPE: the ranks file beside the data, else tiktoken's cached `gpt2`."""
     from instructkit.errors import UserError
-    from instructkit.tokenizer import load_tokenizer, train_tokenizer
+    from instructkit.tokenizer import load_tokenizer
 
+    if GPT2_RANKS.exists():
+        return load_tokenizer(str(GPT2_RANKS))
     try:
         return load_tokenizer("gpt2")
-    except UserError:
-        records = json.loads(BOOK_DATA.read_text(encoding="utf-8"))
-        texts = [book_format_input(r) + f"\n\n### Response:\n{r['output']}" for r in records]
-        return train_tokenizer(texts, vocab_size=8000)
+    except UserError as error:
+        raise SystemExit(f"skipped: {GPT2_RANKS} not found and {error}") from None
 
 
 def model_params(shape: dict) -> int:
@@ -139,8 +139,13 @@ def timed_steps(batches, step: Callable[[object], int], steps: int) -> dict:
             "target_tokens": tokens, "records": records}
 
 
-def book_contender(mask_prompt: bool) -> Callable:
+def book_contender(mask_prompt: bool, grouped: bool = False) -> Callable:
+    """The book's loop; `grouped` batches with instructkit's length-grouped sampler (the
+    book has none), so book and ours see batches from the same sampler and seed."""
+
     def run(train: list[dict], tokenizer, steps: int, seed: int) -> dict:
+        from instructkit.data.sampling import LengthGroupedSampler, RandomBatchSampler
+
         model = BookGPT(TARGET.shape).to(TARGET.device)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
@@ -152,8 +157,11 @@ def book_contender(mask_prompt: bool) -> Callable:
             return book_collate([i for i, _ in batch], pad_token_id=tokenizer.eos_id,
                                 allowed_max_length=1024, mask_prompt_lengths=masks)
 
-        loader = DataLoader(items, batch_size=BATCH_SIZE, shuffle=True, drop_last=True,
-                            collate_fn=collate, generator=torch.Generator().manual_seed(seed))
+        if grouped:
+            sampler = LengthGroupedSampler([len(i) + 1 for i in ids], BATCH_SIZE, seed, drop_last=True)
+        else:
+            sampler = RandomBatchSampler(len(items), BATCH_SIZE, seed=seed, drop_last=True)
+        loader = DataLoader(items, batch_sampler=sampler, collate_fn=collate)
 
         def step(batch) -> int:
             inputs, targets = (t.to(TARGET.device) for t in batch)
@@ -169,7 +177,9 @@ def book_contender(mask_prompt: bool) -> Callable:
     return run
 
 
-def trl_contender(completion_only: bool) -> Callable:
+def trl_contender(completion_only: bool, grouped: bool = False) -> Callable:
+    """TRL's SFTTrainer; `grouped` is its own length grouping (train_sampling_strategy)."""
+
     def run(train: list[dict], tokenizer, steps: int, seed: int) -> dict:
         import tempfile
 
@@ -189,7 +199,8 @@ def trl_contender(completion_only: bool) -> Callable:
         shape = TARGET.shape
         config = GPT2Config(vocab_size=shape["vocab_size"], n_positions=shape["context_length"],
                             n_embd=shape["emb_dim"], n_layer=shape["n_layers"], n_head=shape["n_heads"],
-                            bos_token_id=tokenizer.eos_id, eos_token_id=tokenizer.eos_id)
+                            bos_token_id=tokenizer.eos_id, eos_token_id=tokenizer.eos_id,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # as the others
         model = GPT2LMHeadModel(config)
         rows = [{"prompt": book_format_input(r) + "\n\n### Response:\n", "completion": r["output"]}
                 for r in train]
@@ -201,6 +212,8 @@ def trl_contender(completion_only: bool) -> Callable:
                          use_cpu=TARGET.device == "cpu",
                          dataloader_drop_last=True, max_length=1024, packing=False, seed=seed,
                          completion_only_loss=completion_only, dataset_num_proc=None,
+                         max_grad_norm=0.0,  # the Trainer clips at 1.0 by default; no one else does
+                         train_sampling_strategy="group_by_length" if grouped else "random",
                          # TRL 1.16 defaults to bf16 autocast and gradient checkpointing, even
                          # on CPU; every contender does the same work in the same precision.
                          bf16=TARGET.precision == "bf16", fp16=False, gradient_checkpointing=False)
@@ -250,13 +263,26 @@ def ours_contender(**options) -> Callable:
 
 CONTENDERS: dict[str, Callable] = {
     "book": book_contender(mask_prompt=False),
+    "book-grouped": book_contender(mask_prompt=False, grouped=True),
     "trl": trl_contender(completion_only=False),
-    "ours": ours_contender(),  # defaults: length-grouped batches
+    "trl-grouped": trl_contender(completion_only=False, grouped=True),
     "ours-ungrouped": ours_contender(group_by_length=False),
+    "ours": ours_contender(),  # defaults: length-grouped batches
     "ours-packed": ours_contender(pack=True),
     "ours-bf16": ours_contender(precision="bf16"),  # bf16 autocast; MFU against the bf16 peak
     "book-masked": book_contender(mask_prompt=True),
     "trl-masked": trl_contender(completion_only=True),
     "ours-masked": ours_contender(mask_prompt=True),
     "ours-masked-packed": ours_contender(mask_prompt=True, pack=True),
+}
+# The like-for-like table of issue 15: each loop at random and with length grouping.
+LIKE_FOR_LIKE = ("book", "book-grouped", "trl", "trl-grouped", "ours-ungrouped", "ours")
+# Whom each contender is compared with: the same batching on both sides.
+REFERENCES = {
+    "book": ("book", "trl"), "book-grouped": ("book-grouped", "trl-grouped"),
+    "trl": ("book", "trl"), "trl-grouped": ("book-grouped", "trl-grouped"),
+    "ours-ungrouped": ("book", "trl"), "ours": ("book-grouped", "trl-grouped"),
+    "ours-packed": ("book-grouped", "trl-grouped"), "ours-bf16": ("book-grouped", "trl-grouped"),
+    "book-masked": ("book-masked", "trl-masked"), "trl-masked": ("book-masked", "trl-masked"),
+    "ours-masked": ("book-masked", "trl-masked"), "ours-masked-packed": ("book-masked", "trl-masked"),
 }

@@ -23,15 +23,12 @@ from instructkit.data import (
     InstructionDataset,
     build_loader,
     custom_collate_fn,
-    get_style,
     load_instructions,
     split_book,
 )
-from instructkit.errors import UserError
-from instructkit.tokenizer import load_tokenizer, train_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import BOOK_DATA
+from bench_common import BOOK_DATA, build_tokenizer
 from book_reference import book_collate
 
 BATCH_SIZE = 8
@@ -41,12 +38,7 @@ TARGET_PACKED_EFFICIENCY = 0.97
 
 
 def tokenizer_for(records):
-    try:
-        return load_tokenizer("gpt2"), "tiktoken gpt2"
-    except UserError:
-        style = get_style("alpaca")
-        trained = train_tokenizer([style.text(record) for record in records], vocab_size=8000)
-        return trained, "byte-level BPE (8,000) trained on the records: GPT-2 vocabulary offline"
+    return build_tokenizer(), "GPT-2 BPE (50,257 tokens)"
 
 
 def batches_per_second(function, batches, eos: int, repeats: int) -> float:

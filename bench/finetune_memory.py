@@ -24,24 +24,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-BOOK_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import BOOK_DATA, build_tokenizer
 
 
 def prepare(workdir: Path) -> Path:
-    """A gpt2-small directory with random weights and the stand-in (or GPT-2) tokenizer."""
+    """A gpt2-small directory with random weights and the real GPT-2 tokenizer."""
     import torch
 
-    from instructkit.data import format_input, load_instructions
-    from instructkit.errors import UserError
     from instructkit.model import GPTConfig, GPTModel, save_pretrained
-    from instructkit.tokenizer import load_tokenizer, train_tokenizer
 
-    try:
-        tokenizer = load_tokenizer("gpt2")
-    except UserError:
-        records = load_instructions(BOOK_DATA)
-        texts = [format_input(r) + "\n\n### Response:\n" + r["output"] for r in records]
-        tokenizer = train_tokenizer(texts, vocab_size=8000)
+    tokenizer = build_tokenizer()
     torch.manual_seed(0)
     model = GPTModel(GPTConfig.preset("gpt2-small"))
     return save_pretrained(model, tokenizer, workdir / "gpt2-small-random")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench_common import BATCH_SIZE, BOOK_DATA, LR, TARGET, WEIGHT_DECAY
 
-# About 9.6 of the book's records per step with the stand-in tokenizer, near batch 8.
+# About 9 of the book's records per step with GPT-2's BPE, near batch 8.
 PACKED_ROWS, PACKED_ROW_LENGTH = 2, 256
 
 
@@ -27,15 +27,15 @@ def run_instructkit(train: list[dict], tokenizer, steps: int, seed: int, *,
 
     records = json.loads(BOOK_DATA.read_text(encoding="utf-8"))
     with tempfile.TemporaryDirectory() as tmp:
-        # GPT-2's 50,257-row embedding and head, as the other contenders have: `random:` would
-        # size them to the stand-in tokenizer's vocabulary and make our head 6x cheaper.
+        # GPT-2's 50,257-row embedding and head, as the other contenders have.
         model_dir = save_pretrained(GPTModel(GPTConfig.preset(TARGET.preset)), tokenizer, Path(tmp) / "model")
         config = FinetuneConfig(
             data=str(BOOK_DATA), out=str(Path(tmp) / "run"), model=str(model_dir),
             # packed: 2 rows of 256 tokens per step. Short rows keep attention cheap (it spans
-            # the whole row); the book's records with the stand-in tokenizer are at most 90 tokens.
+            # the whole row).
             batch_size=PACKED_ROWS if pack else BATCH_SIZE, lr=LR, weight_decay=WEIGHT_DECAY,
             allowed_max_length=PACKED_ROW_LENGTH if pack else None,
+            dropout=0.0, grad_clip=None, check_leakage=False,
             max_steps=steps + 1, eval_every=0, eval_batches=1, save_every=0, log_every=1,
             pack=pack, group_by_length=group_by_length, mask_prompt=mask_prompt, seed=seed,
             precision=precision or TARGET.precision, device=TARGET.device,

@@ -53,15 +53,15 @@ MUTANTS = [
     mutant(
         "bf16 autocast stays off",
         "train/loop.py",
-        "enabled=use_bf16(config, device)",
-        "enabled=False",
+        "autocast=torch.autocast(device.type, torch.bfloat16, enabled=bf16)",
+        "autocast=torch.autocast(device.type, torch.bfloat16, enabled=False)",
         f"{TRAIN_REF}::test_mask_prompt_and_bf16_flags_reach_the_step",
     ),
     mutant(
         "bf16 autocast always on",
         "train/loop.py",
-        "enabled=use_bf16(config, device)",
-        "enabled=True",
+        "autocast=torch.autocast(device.type, torch.bfloat16, enabled=bf16)",
+        "autocast=torch.autocast(device.type, torch.bfloat16, enabled=True)",
         f"{TRAIN_REF}::test_step_gradient_is_autograd_of_the_token_mean",
     ),
     mutant(
@@ -220,7 +220,7 @@ MUTANTS = [
     mutant(
         "loss.png without the tokens-seen label",
         "plots.py",
-        'tokens_axis.set_xlabel("Tokens seen")',
+        'tokens_axis.set_xlabel("Pairs seen" if margins else "Tokens seen")',
         "pass",
         "tests/test_plots.py",
     ),
