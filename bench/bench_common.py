@@ -139,13 +139,22 @@ def timed_steps(batches, step: Callable[[object], int], steps: int) -> dict:
             "target_tokens": tokens, "records": records}
 
 
+def shared_batches(ids: list[list[int]], grouped: bool, seed: int):
+    """The batches instructkit's finetune draws for this seed (random, or grouped by
+    length: each example's tokens plus its end-of-text), so that the book's loop and TRL
+    train on exactly the batches ours does, step for step."""
+    from instructkit.data.sampling import LengthGroupedSampler, RandomBatchSampler
+
+    if grouped:
+        return LengthGroupedSampler([len(i) + 1 for i in ids], BATCH_SIZE, seed, drop_last=True)
+    return RandomBatchSampler(len(ids), BATCH_SIZE, seed=seed, drop_last=True)
+
+
 def book_contender(mask_prompt: bool, grouped: bool = False) -> Callable:
-    """The book's loop; `grouped` batches with instructkit's length-grouped sampler (the
-    book has none), so book and ours see batches from the same sampler and seed."""
+    """The book's loop on instructkit's batches (`shared_batches`); the book itself shuffles
+    at random and has no length grouping."""
 
     def run(train: list[dict], tokenizer, steps: int, seed: int) -> dict:
-        from instructkit.data.sampling import LengthGroupedSampler, RandomBatchSampler
-
         model = BookGPT(TARGET.shape).to(TARGET.device)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
@@ -157,11 +166,7 @@ def book_contender(mask_prompt: bool, grouped: bool = False) -> Callable:
             return book_collate([i for i, _ in batch], pad_token_id=tokenizer.eos_id,
                                 allowed_max_length=1024, mask_prompt_lengths=masks)
 
-        if grouped:
-            sampler = LengthGroupedSampler([len(i) + 1 for i in ids], BATCH_SIZE, seed, drop_last=True)
-        else:
-            sampler = RandomBatchSampler(len(items), BATCH_SIZE, seed=seed, drop_last=True)
-        loader = DataLoader(items, batch_sampler=sampler, collate_fn=collate)
+        loader = DataLoader(items, batch_sampler=shared_batches(ids, grouped, seed), collate_fn=collate)
 
         def step(batch) -> int:
             inputs, targets = (t.to(TARGET.device) for t in batch)
@@ -177,8 +182,10 @@ def book_contender(mask_prompt: bool, grouped: bool = False) -> Callable:
     return run
 
 
-def trl_contender(completion_only: bool, grouped: bool = False) -> Callable:
-    """TRL's SFTTrainer; `grouped` is its own length grouping (train_sampling_strategy)."""
+def trl_contender(completion_only: bool, batches: str = "random") -> Callable:
+    """TRL's SFTTrainer on instructkit's batches (`shared_batches`: "random" or "grouped"), or
+    with its own length grouping ("hf-grouped": transformers' LengthGroupedSampler, which
+    sorts each window of 50 batches longest first, so a short timed run sees its longest)."""
 
     def run(train: list[dict], tokenizer, steps: int, seed: int) -> dict:
         import tempfile
@@ -213,12 +220,16 @@ def trl_contender(completion_only: bool, grouped: bool = False) -> Callable:
                          dataloader_drop_last=True, max_length=1024, packing=False, seed=seed,
                          completion_only_loss=completion_only, dataset_num_proc=None,
                          max_grad_norm=0.0,  # the Trainer clips at 1.0 by default; no one else does
-                         train_sampling_strategy="group_by_length" if grouped else "random",
+                         train_sampling_strategy="group_by_length" if batches == "hf-grouped" else "random",
                          # TRL 1.16 defaults to bf16 autocast and gradient checkpointing, even
                          # on CPU; every contender does the same work in the same precision.
                          bf16=TARGET.precision == "bf16", fp16=False, gradient_checkpointing=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=hf_tokenizer)
+        if batches != "hf-grouped":
+            order = shared_batches(encode_book(train, tokenizer)[0], batches == "grouped", seed)
+            flat = [index for batch in order for index in batch]
+            trainer._get_train_sampler = lambda *_, **__: flat  # batches of 8 in this order
         counts: list[int] = []
         collate = trainer.data_collator
 
@@ -265,7 +276,8 @@ CONTENDERS: dict[str, Callable] = {
     "book": book_contender(mask_prompt=False),
     "book-grouped": book_contender(mask_prompt=False, grouped=True),
     "trl": trl_contender(completion_only=False),
-    "trl-grouped": trl_contender(completion_only=False, grouped=True),
+    "trl-grouped": trl_contender(completion_only=False, batches="grouped"),
+    "trl-hf-grouped": trl_contender(completion_only=False, batches="hf-grouped"),
     "ours-ungrouped": ours_contender(group_by_length=False),
     "ours": ours_contender(),  # defaults: length-grouped batches
     "ours-packed": ours_contender(pack=True),
@@ -281,6 +293,7 @@ LIKE_FOR_LIKE = ("book", "book-grouped", "trl", "trl-grouped", "ours-ungrouped",
 REFERENCES = {
     "book": ("book", "trl"), "book-grouped": ("book-grouped", "trl-grouped"),
     "trl": ("book", "trl"), "trl-grouped": ("book-grouped", "trl-grouped"),
+    "trl-hf-grouped": ("book-grouped", "trl-grouped"),
     "ours-ungrouped": ("book", "trl"), "ours": ("book-grouped", "trl-grouped"),
     "ours-packed": ("book-grouped", "trl-grouped"), "ours-bf16": ("book-grouped", "trl-grouped"),
     "book-masked": ("book-masked", "trl-masked"), "trl-masked": ("book-masked", "trl-masked"),

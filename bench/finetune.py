@@ -108,7 +108,7 @@ def main() -> int:
             runs[name].append(result)
             print(f"[{repeat + 1}/{args.repeats}] {name:>16}: {result['target_tokens_per_s']:.1f} tok/s  "
                   f"{result['records_per_s']:.2f} rec/s  MFU {result['mfu']:.2f}  "
-                  f"RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+                  f"RSS {result['peak_rss_mb']:.0f} MB  ({result['target_tokens']} targets)", flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     print_table(runs)
     if args.json:
