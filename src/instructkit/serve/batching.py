@@ -81,12 +81,17 @@ class Batcher:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def submit(self, prompt_ids: list[int], config: GenerationConfig) -> Job:
-        """Queue a job; it joins the batch at the loop's next step when a row is free."""
-        device = self.model.lm_head.weight.device
+    def new_job(self, prompt_ids: list[int], config: GenerationConfig) -> Job:
+        """A job with its own generator when seeded (what `stream` would seed alone)."""
         job = Job(list(prompt_ids), config)
         if config.seed is not None:
+            device = self.model.lm_head.weight.device
             job.generator = torch.Generator(device=device).manual_seed(config.seed)
+        return job
+
+    def submit(self, prompt_ids: list[int], config: GenerationConfig) -> Job:
+        """Queue a job; it joins the batch at the loop's next step when a row is free."""
+        job = self.new_job(prompt_ids, config)
         with self._changed:
             if self._closed:
                 raise RuntimeError("the server is shutting down")
@@ -106,7 +111,6 @@ class Batcher:
             self._thread.join()
 
     def _loop(self) -> None:
-        torch.set_grad_enabled(False)  # per thread: this one only ever decodes
         self.model.eval()
         while True:
             with self._changed:
@@ -117,7 +121,7 @@ class Batcher:
                 while self._waiting and len(self.active) + len(arrivals) < self.max_batch:
                     arrivals.append(self._waiting.popleft())
             try:
-                self._step(arrivals)
+                self.step(arrivals)
             except Exception as error:  # a batched step failed: fail its rows, serve on
                 logger.exception("decoding step failed")
                 for job in [*self.active, *arrivals]:
@@ -128,10 +132,12 @@ class Batcher:
             job.events.put(stopped)
         self.active, self.cache = [], None
 
-    def _step(self, arrivals: list[Job]) -> None:
+    @torch.no_grad()
+    def step(self, arrivals: list[Job]) -> None:
         """Drop cancelled rows, prefill the arrivals, then one batched step for all rows.
 
-        A failed prefill fails only its request; a failed batched step (`_loop`) its rows.
+        The loop thread calls it; tests call it by hand (without `submit`) to see a batch
+        change step by step. A failed prefill fails only its request; a failed batched step (`_loop`) its rows.
         """
         cancelled = [i for i, job in enumerate(self.active) if job.cancelled]
         if cancelled:
