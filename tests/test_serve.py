@@ -473,7 +473,7 @@ def test_serve_command_loads_a_run_and_refuses_a_busy_port(engine, tmp_path):
 @pytest.mark.parametrize(
     "command, shown",
     [
-        ("serve", ["--model", "(default: 127.0.0.1)", "(default: 8000)"]),
+        ("serve", ["--model", "(default: 127.0.0.1)", "(default: 8000)", "--max-batch N"]),
         ("generate", ["--model", "(default: "]),
         ("evaluate", ["--responses", "(default: OPENAI_API_KEY)"]),
     ],
@@ -539,9 +539,11 @@ def test_health_answers_while_a_big_request_is_tokenised(engine):
         big.join(60)
 
 
-def test_serve_refuses_an_empty_api_key_and_a_body_limit_below_1(capsys):
+def test_serve_refuses_an_empty_api_key_and_a_body_limit_or_batch_cap_below_1(capsys):
     assert main(["serve", "--model", "random:tiny", "--api-key", ""]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: --api-key is empty")
     assert main(["serve", "--model", "random:tiny", "--max-body-bytes", "0"]) == 2
     assert "--max-body-bytes must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["serve", "--model", "random:tiny", "--max-batch", "0"]) == 2
+    assert "--max-batch must be at least 1, got 0" in capsys.readouterr().err

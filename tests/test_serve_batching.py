@@ -99,6 +99,21 @@ def test_requests_join_mid_flight_leave_when_done_and_decode_as_alone(family):
     assert batcher.steps < sum(budgets) - len(budgets)  # steps were shared
 
 
+def test_the_cache_grows_as_replies_get_longer_than_its_headroom():
+    model = tiny("llama")  # context 256
+    batcher = Batcher(model)
+    configs = [GenerationConfig(max_new_tokens=150), GenerationConfig(max_new_tokens=100)]
+    first, second = (batcher.new_job(p, c) for p, c in zip(prompts(model, [3, 40]), configs))
+    batcher.step([first])
+    assert batcher.cache.max_length == 3 + 64  # room for 64 more, not all 150
+    for _ in range(80):
+        batcher.step([])
+    assert batcher.cache.max_length > 3 + 80
+    run(batcher, [second])
+    for job, config in zip([first, second], configs):
+        assert drain(job) == (alone(model, job.prompt_ids, config), "length")
+
+
 def test_each_request_keeps_its_sampling_settings_seed_and_stop_ids():
     model = tiny("gpt2")
     prompt_a, prompt_b, prompt_c, prompt_d = prompts(model, [5, 9, 2, 14])

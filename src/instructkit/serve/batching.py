@@ -160,7 +160,8 @@ class Batcher:
         """Run the prompt alone, emit the first token, and join the batch if not done."""
         device = self.model.lm_head.weight.device
         ids = torch.tensor([job.prompt_ids], device=device)  # (1, P)
-        single = self.model.new_kv_cache(1, len(ids[0]) + job.config.max_new_tokens)
+        room = headroom(len(job.prompt_ids), job.config.max_new_tokens - 1)
+        single = self.model.new_kv_cache(1, len(job.prompt_ids) + room)
         hidden = self.model.hidden_states(ids, kv_cache=single)[:, -1]  # (1, C)
         job.length = len(job.prompt_ids)
         (token,) = self._sample(hidden, [job])
@@ -173,6 +174,9 @@ class Batcher:
         jobs, device = self.active, self.model.lm_head.weight.device
         tokens = torch.tensor([[job.last] for job in jobs], device=device)  # (B, 1)
         positions = torch.tensor([[job.length] for job in jobs], device=device)  # (B, 1)
+        if self.cache.length == self.cache.max_length:
+            remaining = max(job.config.max_new_tokens - job.produced for job in jobs)
+            self.cache = widened(self.model, self.cache, headroom(self.cache.length, remaining))
         hidden = self.model.hidden_states(tokens, position_ids=positions, kv_cache=self.cache)
         self.steps += 1
         for job in jobs:
@@ -183,19 +187,21 @@ class Batcher:
             self._keep(running)
 
     def _sample(self, hidden: torch.Tensor, jobs: list[Job]) -> list[int]:
-        """Each row's next token with its own settings and generator."""
+        """Each row's next token with its own settings and generator (greedy rows at once)."""
         logits = self.model.lm_head(hidden).float()  # (B, V)
-        tokens = []
+        for row, job in enumerate(jobs):
+            limit = job.config.vocab_size
+            if limit is not None and limit < logits.shape[-1]:
+                logits[row, limit:] = float("-inf")  # ids no text decodes to
+        tokens = logits.argmax(dim=-1).tolist()  # one transfer for every greedy row
         for row, job in enumerate(jobs):
             config = job.config
-            row_logits = logits[row : row + 1]  # (1, V)
-            if config.vocab_size is not None and config.vocab_size < row_logits.shape[-1]:
-                row_logits = row_logits.clone()
-                row_logits[:, config.vocab_size :] = float("-inf")  # ids no text decodes to
-            token = sample(
-                row_logits, config.temperature, config.top_k, config.top_p, job.generator
-            )
-            tokens.append(int(token[0]))
+            if config.temperature:
+                row_logits = logits[row : row + 1]  # (1, V)
+                picked = sample(
+                    row_logits, config.temperature, config.top_k, config.top_p, job.generator
+                )
+                tokens[row] = int(picked[0])
         return tokens
 
     @staticmethod
@@ -232,13 +238,12 @@ def joined(model, cache: KVCache | None, rows: list[Job], job: Job, single: KVCa
     """The batch cache with `single` (the job's prefilled prompt) as a new last row.
 
     Rows stay right-aligned: the wider of the two decides the width, the other is
-    left-padded. Room is left for the most tokens any row may still need, so the cache is
-    reallocated only when a request joins.
+    left-padded.
     """
     if cache is None:
         return single
     width = max(cache.length, single.length)
-    room = max(j.config.max_new_tokens - j.produced for j in [*rows, job])
+    room = headroom(width, max(j.config.max_new_tokens - j.produced for j in [*rows, job]))
     merged = model.new_kv_cache(cache.batch_size + 1, width + room)
     old, new = width - cache.length, width - single.length
     merged.keys[:, :-1, :, old:width] = cache.keys[:, :, :, : cache.length]
@@ -248,6 +253,25 @@ def joined(model, cache: KVCache | None, rows: list[Job], job: Job, single: KVCa
     merged.length = width
     mark_padding(merged, [j.length for j in [*rows, job]])
     return merged
+
+
+def headroom(length: int, remaining: int) -> int:
+    """Columns to add to a cache of `length`: what the rows may still need, but at most
+    doubling it (at least 64), so a request allowed the whole context does not reserve it
+    for every row up front, and growing still costs O(1) copies per token."""
+    return max(1, min(remaining, max(length, 64)))
+
+
+def widened(model, cache: KVCache, room: int) -> KVCache:
+    """A copy of `cache` with `room` more columns."""
+    wider = model.new_kv_cache(cache.batch_size, cache.length + room)
+    wider.keys[:, :, :, : cache.length] = cache.keys[:, :, :, : cache.length]
+    wider.values[:, :, :, : cache.length] = cache.values[:, :, :, : cache.length]
+    if cache.segment_ids is not None:
+        wider.segment_ids = cache.segment_ids.new_ones(cache.batch_size, wider.max_length)
+        wider.segment_ids[:, : cache.length] = cache.segment_ids[:, : cache.length]  # (B, S)
+    wider.length = cache.length
+    return wider
 
 
 def mark_padding(cache: KVCache, lengths: list[int]) -> None:
