@@ -137,7 +137,8 @@ class Batcher:
         """Drop cancelled rows, prefill the arrivals, then one batched step for all rows.
 
         The loop thread calls it; tests call it by hand (without `submit`) to see a batch
-        change step by step. A failed prefill fails only its request; a failed batched step (`_loop`) its rows.
+        change step by step. A failed prefill fails only its request; a failed batched
+        step fails its rows (in `_loop`).
         """
         cancelled = [i for i, job in enumerate(self.active) if job.cancelled]
         if cancelled:
