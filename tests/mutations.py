@@ -217,6 +217,14 @@ MUTANTS = [
         "tests/test_serve_batching.py::test_each_request_keeps_its_sampling_settings_seed_and_stop_ids",
     ),
     mutant(
+        "the decode thread outlives the interpreter",
+        "serve/batching.py",
+        "atexit.register(self.close)",
+        "pass",
+        "tests/test_serve_batching.py::"
+        "test_a_process_that_never_closes_its_engine_ends_the_decode_thread_before_exit",
+    ),
+    mutant(
         "--help shows no defaults",
         "commands/__init__.py",
         "return super()._get_help_string(action)",

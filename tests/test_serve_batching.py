@@ -5,6 +5,8 @@ that goes away frees its row and requests beyond --max-batch wait for one."""
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 import threading
 import time
 
@@ -233,3 +235,35 @@ def test_a_client_that_goes_away_frees_its_row_for_a_waiting_request(slow_engine
             httpx.post(f"{url}/v1/completions", json={**long, "stream": False}, timeout=0.5)
         assert wait_until(lambda: not batcher.active, 2.0)
         waiter.join()
+
+
+EXIT_SCRIPT = """
+import atexit, os, threading
+from instructkit.data import get_style
+from instructkit.model import load_pretrained
+from instructkit.serve import Engine, SamplingParams
+from instructkit.tokenizer import train_tokenizer
+
+def decode_thread_ended():  # atexit runs last-registered first: this runs after the engine's
+    if any(thread.name == "decode" for thread in threading.enumerate()):
+        os._exit(3)
+
+atexit.register(decode_thread_ended)
+tokenizer = train_tokenizer(["Say hi."] * 5, 300)
+model, _ = load_pretrained("random:tiny")
+engine = Engine(model.eval(), tokenizer, get_style("alpaca"), "m")
+engine.complete("Say", SamplingParams(max_tokens=4)).run()
+"""
+
+
+def test_a_process_that_never_closes_its_engine_ends_the_decode_thread_before_exit():
+    """A decode thread still alive when the interpreter finalizes made torch abort the
+    process ("terminate called without an active exception", about 1 run in 2-6 here)."""
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr

@@ -18,6 +18,7 @@ so a seeded reply does not depend on who else is in the batch.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -99,6 +100,10 @@ class Batcher:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="decode", daemon=True)
                 self._thread.start()
+                # A daemon thread still parked in the loop when the interpreter finalizes
+                # makes torch abort the process ("terminate called without an active
+                # exception"): end it first.
+                atexit.register(self.close)
             self._changed.notify()
         return job
 
