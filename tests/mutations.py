@@ -189,6 +189,42 @@ MUTANTS = [
         "tests/test_serve.py::test_serve_command_loads_a_run_and_refuses_a_busy_port",
     ),
     mutant(
+        "batched rows attend to their left padding",
+        "serve/batching.py",
+        "cache.segment_ids = (columns[None, :] >= starts[:, None]).long()  # (B, S)",
+        "cache.segment_ids = None",
+        "tests/test_serve_batching.py::test_requests_join_mid_flight_leave_when_done_and_decode_as_alone",
+    ),
+    mutant(
+        "batched rows share one position",
+        "serve/batching.py",
+        "positions = torch.tensor([[job.length] for job in jobs], device=device)  # (B, 1)",
+        "positions = torch.tensor([[jobs[0].length] for job in jobs], device=device)  # (B, 1)",
+        "tests/test_serve_batching.py::test_requests_join_mid_flight_leave_when_done_and_decode_as_alone",
+    ),
+    mutant(
+        "a cancelled request keeps its row",
+        "serve/batching.py",
+        "cancelled = [i for i, job in enumerate(self.active) if job.cancelled]",
+        "cancelled = []",
+        "tests/test_serve_batching.py::test_a_cancelled_request_frees_its_row_at_the_next_step",
+    ),
+    mutant(
+        "batched requests sample from the global generator, not their own",
+        "serve/batching.py",
+        "row_logits, config.temperature, config.top_k, config.top_p, job.generator",
+        "row_logits, config.temperature, config.top_k, config.top_p, None",
+        "tests/test_serve_batching.py::test_each_request_keeps_its_sampling_settings_seed_and_stop_ids",
+    ),
+    mutant(
+        "the decode thread outlives the interpreter",
+        "serve/batching.py",
+        "atexit.register(self.close)",
+        "pass",
+        "tests/test_serve_batching.py::"
+        "test_a_process_that_never_closes_its_engine_ends_the_decode_thread_before_exit",
+    ),
+    mutant(
         "--help shows no defaults",
         "commands/__init__.py",
         "return super()._get_help_string(action)",

@@ -17,7 +17,6 @@ import pytest
 import torch
 from fake_servers import free_socket, serve_in_thread
 
-import instructkit.generate as generation
 from instructkit.cli import main
 from instructkit.config import GenerationConfig
 from instructkit.data import get_style
@@ -267,12 +266,14 @@ def test_odd_values_are_400_not_500(url):
     assert top_k.json() == {"error": "'top_k' must be at least 0, got -1"}
 
 
-def test_a_failure_mid_stream_ends_with_an_error_event(url, oai, monkeypatch):
-    def broken(*args, **kwargs):
-        yield 5
-        raise RuntimeError("the accelerator caught fire")
+def test_a_failure_mid_stream_ends_with_an_error_event(url, oai, engine, monkeypatch):
+    def broken(*args, **kwargs):  # prefill works, the batched steps fail
+        if kwargs.get("position_ids") is not None:
+            raise RuntimeError("the accelerator caught fire")
+        return hidden_states(*args, **kwargs)
 
-    monkeypatch.setattr(generation, "stream", broken)
+    hidden_states = engine.model.hidden_states
+    monkeypatch.setattr(engine.model, "hidden_states", broken)
     with pytest.raises(openai.APIError, match="caught fire"):
         list(oai.chat.completions.create(model="x", messages=QUESTION, stream=True))
     with pytest.raises(ollama.ResponseError, match="caught fire"):
@@ -472,7 +473,7 @@ def test_serve_command_loads_a_run_and_refuses_a_busy_port(engine, tmp_path):
 @pytest.mark.parametrize(
     "command, shown",
     [
-        ("serve", ["--model", "(default: 127.0.0.1)", "(default: 8000)"]),
+        ("serve", ["--model", "(default: 127.0.0.1)", "(default: 8000)", "--max-batch N"]),
         ("generate", ["--model", "(default: "]),
         ("evaluate", ["--responses", "(default: OPENAI_API_KEY)"]),
     ],
@@ -484,27 +485,6 @@ def test_help_shows_defaults(command, shown, capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps long help lines
     for fragment in shown:
         assert fragment in text, fragment
-
-
-def test_fair_lock_is_reentrant_and_serves_waiters_in_order():
-    from instructkit.serve.engine import FairLock
-
-    lock, order = FairLock(), []
-    with lock:
-        with lock:  # what a stream finalized by garbage collection inside a step does
-            pass
-        waiters = [threading.Thread(target=lambda i=i: _take(lock, order, i)) for i in range(3)]
-        for waiter in waiters:
-            waiter.start()
-            time.sleep(0.05)  # arrive in order 0, 1, 2 while the lock is held
-    for waiter in waiters:
-        waiter.join(timeout=5)
-    assert order == [0, 1, 2]
-
-
-def _take(lock, order: list, index: int) -> None:
-    with lock:
-        order.append(index)
 
 
 # ---- a big request: capped, and read and tokenised off the event loop ------------------
@@ -559,9 +539,11 @@ def test_health_answers_while_a_big_request_is_tokenised(engine):
         big.join(60)
 
 
-def test_serve_refuses_an_empty_api_key_and_a_body_limit_below_1(capsys):
+def test_serve_refuses_an_empty_api_key_and_a_body_limit_or_batch_cap_below_1(capsys):
     assert main(["serve", "--model", "random:tiny", "--api-key", ""]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: --api-key is empty")
     assert main(["serve", "--model", "random:tiny", "--max-body-bytes", "0"]) == 2
     assert "--max-body-bytes must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["serve", "--model", "random:tiny", "--max-batch", "0"]) == 2
+    assert "--max-batch must be at least 1, got 0" in capsys.readouterr().err

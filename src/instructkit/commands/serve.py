@@ -8,7 +8,7 @@ import sys
 
 from instructkit.commands import HelpFormatter, add_model_arguments
 from instructkit.commands.flags import add_generation_flags, generation_config
-from instructkit.constants import MAX_BODY_BYTES
+from instructkit.constants import DEFAULT_MAX_BATCH, MAX_BODY_BYTES
 
 
 def register(subparsers) -> None:
@@ -54,6 +54,13 @@ def register(subparsers) -> None:
         help="largest request body accepted; bigger ones get HTTP 413",
     )
     parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        metavar="N",
+        help="most requests decoded together (continuous batching); more wait for a free row",
+    )
+    parser.add_argument(
         "--name", help="model name shown to clients; when not given, the run or model dir name"
     )
     add_generation_flags(parser)
@@ -84,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be from 0 to 65535, got {args.port}")
     if args.max_body_bytes < 1:
         raise UserError(f"--max-body-bytes must be at least 1, got {args.max_body_bytes}")
+    if args.max_batch < 1:
+        raise UserError(f"--max-batch must be at least 1, got {args.max_batch}")
     config = generation_config(args)
     sock = listen(args.host, args.port)  # a busy port fails before the model loads
     engine = None
@@ -95,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             name=args.name,
             config=config,
+            max_batch=args.max_batch,
         )
     if args.host not in LOOPBACK and not api_key:
         print(

@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 
 from instructkit.config import GenerationConfig
-from instructkit.constants import MAX_BODY_BYTES
+from instructkit.constants import DEFAULT_MAX_BATCH, MAX_BODY_BYTES
 from instructkit.errors import UserError
 from instructkit.serve.engine import Engine, RequestError, SamplingParams, messages_to_record
 
@@ -46,14 +46,16 @@ def load_engine(
     device: str = "auto",
     name: str | None = None,
     config: GenerationConfig | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Engine:
-    """An engine for a model spec; `config` holds the defaults of requests that set nothing."""
+    """An engine for a model spec; `config` holds the defaults of requests that set nothing,
+    `max_batch` caps the requests decoded at once."""
     from instructkit.loading import load_for_generation
 
     model, tok, prompt_style = load_for_generation(
         spec, style=style, tokenizer=tokenizer, device=device
     )
-    return Engine(model, tok, prompt_style, name or model_name(spec), config)
+    return Engine(model, tok, prompt_style, name or model_name(spec), config, max_batch)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -95,3 +97,5 @@ def run_server(
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
+        if engine is not None:
+            engine.close()

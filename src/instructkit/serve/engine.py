@@ -1,10 +1,11 @@
-"""The model side of the server: a loaded model, its tokenizer and prompt style, and a lock.
+"""The model side of the server: a loaded model, its tokenizer and prompt style, its decode loop.
 
 `Engine` turns chat messages into the model's prompt, checks that a request fits the
 context, and streams generated text. The HTTP protocol code (`serve.app`) only talks to
 this class, so tests can serve a tiny random model (or any object with the same
-methods). Model calls are serialised with one lock, taken for each decoding step rather
-than a whole reply, so a slow or vanished streaming client never blocks the others.
+methods). Only the decode loop (`serve.batching.Batcher`) calls the model: concurrent
+requests decode together, one batched step for all, and a slow or vanished streaming
+client never blocks the others (its tokens wait in its queue; a vanished one is cancelled).
 
 How chat messages become a prompt: a style that lays out conversations (the model's own
 chat template, or chatml) renders the whole message list with the assistant header after
@@ -18,12 +19,13 @@ dropped, since the model was tuned on single-turn records.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from instructkit.config import GenerationConfig
+from instructkit.constants import DEFAULT_MAX_BATCH
 from instructkit.errors import UserError
+from instructkit.serve.batching import Batcher, Job
 
 
 class RequestError(Exception):
@@ -104,6 +106,7 @@ class Generation:
         self.chat = chat
         self.stops = [s for s in stop if s] + (list(engine.style.stop_strings) if chat else [])
         self.finish_reason: str | None = None
+        self._job: Job | None = None
         self.completion_tokens = 0
         self.text = ""
 
@@ -117,24 +120,20 @@ class Generation:
         return raw
 
     def __iter__(self) -> Iterator[str]:
-        import torch
-
-        from instructkit.generate import stream
-
         engine = self.engine
-        tokens = stream(engine.model, self.prompt_ids, config=self.config)
+        self._job = engine.batcher.submit(self.prompt_ids, self.config)
         ids: list[int] = []
         emitted = ""
         raw = ""
-        self.finish_reason = "length"
         try:
-            while len(ids) < self.config.max_new_tokens:
-                with engine.lock, torch.no_grad():
-                    token = next(tokens, None)
-                if token is None:  # an end token (eos, or the config's stop ids)
-                    self.finish_reason = "stop"
+            while True:
+                event = self._job.events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                if isinstance(event, str):  # "stop" (an end id) or "length"
+                    self.finish_reason = event
                     break
-                ids.append(token)
+                ids.append(event)
                 raw = engine.tokenizer.decode(ids)
                 cut = min((raw.find(s) for s in self.stops if s in raw), default=-1)
                 if cut >= 0:
@@ -147,14 +146,18 @@ class Generation:
                     yield ready[len(emitted) :]
                     emitted = ready
         finally:
-            with engine.lock:
-                tokens.close()  # also when the client went away mid-stream
+            self.cancel()  # frees the row at once after a stop string or a client gone
         self.completion_tokens = len(ids)
         final = self._view(raw)
         if final.startswith(emitted) and len(final) > len(emitted):
             yield final[len(emitted) :]
             emitted = final
         self.text = emitted
+
+    def cancel(self) -> None:
+        """Stop generating; the decode loop frees this reply's row at its next step."""
+        if self._job is not None:
+            self._job.cancel()
 
     def run(self) -> str:
         """Generate to the end and return the whole text."""
@@ -174,54 +177,25 @@ def _held_back(text: str, stops: list[str]) -> int:
     return longest
 
 
-class FairLock:
-    """A reentrant lock that serves waiters in arrival order (a ticket lock).
-
-    `threading.Lock` is not fair: a generation that releases it after one token and takes
-    it again for the next usually wins against a request already waiting, so a long or
-    abandoned stream could starve every other client. Tickets make the steps alternate.
-    It is reentrant because garbage collection may finalize an abandoned stream (whose
-    cleanup takes the lock) inside another request's decoding step on the same thread.
-    """
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._next_ticket = 0
-        self._serving = 0
-        self._owner: int | None = None
-        self._depth = 0
-
-    def __enter__(self) -> None:
-        me = threading.get_ident()
-        with self._changed:
-            if self._owner == me:
-                self._depth += 1
-                return
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            self._changed.wait_for(lambda: self._serving == ticket)
-            self._owner, self._depth = me, 1
-
-    def __exit__(self, *exc_info) -> None:
-        with self._changed:
-            self._depth -= 1
-            if self._depth == 0:
-                self._owner = None
-                self._serving += 1
-                self._changed.notify_all()
-
-
 class Engine:
     """A loaded model ready to answer requests.
 
     `config` holds the server's defaults for requests that leave a setting out (the greedy
     book defaults unless `serve` was given flags); `settings` override its fields
     (e.g. max_new_tokens=40). Its end ids are always the tokenizer's (`end_ids`: any of them
-    ends a reply), and only the tokenizer's ids are generated.
+    ends a reply), and only the tokenizer's ids are generated. At most `max_batch` requests
+    decode at once; later ones wait for a free row.
     """
 
     def __init__(
-        self, model, tokenizer, style, name: str, config: GenerationConfig | None = None, **settings
+        self,
+        model,
+        tokenizer,
+        style,
+        name: str,
+        config: GenerationConfig | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        **settings,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -230,7 +204,11 @@ class Engine:
         self.config = dataclasses.replace(config or GenerationConfig(), **settings).for_tokenizer(
             tokenizer
         )
-        self.lock = FairLock()
+        self.batcher = Batcher(model, max_batch)
+
+    def close(self) -> None:
+        """Stop the decode loop (replies still running end with an error)."""
+        self.batcher.close()
 
     @property
     def context_length(self) -> int:

@@ -14,13 +14,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from instructkit import __version__
 from instructkit.serve import requests as parse
 from instructkit.serve.engine import Engine, Generation, SamplingParams
-from instructkit.serve.requests import APIError, engine_of, guarded, start
+from instructkit.serve.requests import (
+    APIError,
+    ReplyStream,
+    engine_of,
+    guarded,
+    run_to_end,
+    start,
+)
 
 router = APIRouter(prefix="/api")
 
@@ -58,7 +63,9 @@ def final(gen: Generation, started: float) -> dict:
     }
 
 
-def reply(gen: Generation, name: str, stream: bool, field: str) -> dict | StreamingResponse:
+async def answer(
+    request: Request, gen: Generation, name: str, stream: bool, field: str
+) -> dict | ReplyStream:
     """One object, or NDJSON pieces then a final object with the counts."""
     started = time.perf_counter_ns()
 
@@ -71,7 +78,8 @@ def reply(gen: Generation, name: str, stream: bool, field: str) -> dict | Stream
         return {"model": name, "created_at": iso(datetime.now(UTC))}
 
     if not stream:
-        return {**head(), **piece(gen.run()), **final(gen, started)}
+        (text,) = await run_to_end(request, [gen])
+        return {**head(), **piece(text), **final(gen, started)}
 
     def lines() -> Iterator[str]:
         for text in gen:
@@ -81,14 +89,7 @@ def reply(gen: Generation, name: str, stream: bool, field: str) -> dict | Stream
     def error_line(message: str) -> str:
         return json.dumps({"error": message}) + "\n"
 
-    return StreamingResponse(guarded(lines(), error_line), media_type="application/x-ndjson")
-
-
-async def answer(gen: Generation, engine: Engine, stream: bool, field: str):
-    """Run a whole reply off the event loop, or stream it."""
-    if not stream:
-        return await run_in_threadpool(reply, gen, engine.name, False, field)
-    return reply(gen, engine.name, True, field)
+    return ReplyStream(guarded(lines(), error_line), [gen], media_type="application/x-ndjson")
 
 
 @router.get("/version")
@@ -125,7 +126,7 @@ async def chat(request: Request):
     params = sampling(body, engine)
     stream = parse.flag(body, "stream", True)
     gen = await start(lambda: engine.chat(messages, params))
-    return await answer(gen, engine, stream, "message")
+    return await answer(request, gen, engine.name, stream, "message")
 
 
 @router.post("/generate")
@@ -151,4 +152,4 @@ async def generate(request: Request):
         gen = await start(lambda: engine.complete(prompt, params))
     else:
         gen = await start(lambda: engine.instruct(prompt, system, params))
-    return await answer(gen, engine, stream, "response")
+    return await answer(request, gen, engine.name, stream, "response")

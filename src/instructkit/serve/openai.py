@@ -13,12 +13,10 @@ import uuid
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from instructkit.serve import requests as parse
 from instructkit.serve.engine import Engine, Generation, SamplingParams
-from instructkit.serve.requests import APIError, engine_of, guarded, start
+from instructkit.serve.requests import APIError, ReplyStream, engine_of, guarded, run_to_end, start
 
 router = APIRouter(prefix="/v1")
 
@@ -52,8 +50,8 @@ def sse_error(message: str) -> str:
     return sse({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
 
 
-def event_stream(events: Iterator[str]) -> StreamingResponse:
-    return StreamingResponse(guarded(events, sse_error), media_type="text/event-stream")
+def event_stream(events: Iterator[str], gens: list[Generation]) -> ReplyStream:
+    return ReplyStream(guarded(events, sse_error), gens, media_type="text/event-stream")
 
 
 def model_card(request: Request, engine: Engine) -> dict:
@@ -85,7 +83,7 @@ async def chat_completions(request: Request):
     gen = await start(lambda: engine.chat(messages, params))
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name}
     if not stream:
-        text = await run_in_threadpool(gen.run)
+        (text,) = await run_to_end(request, [gen])
         choice = {
             "index": 0,
             "message": {"role": "assistant", "content": text},
@@ -100,7 +98,7 @@ async def chat_completions(request: Request):
             "system_fingerprint": None,
         }
     return event_stream(
-        chat_events(gen, {**base, "object": "chat.completion.chunk"}, include_usage)
+        chat_events(gen, {**base, "object": "chat.completion.chunk"}, include_usage), [gen]
     )
 
 
@@ -141,8 +139,8 @@ async def completions(request: Request):
         "model": engine.name,
     }
     if stream:
-        return event_stream(completion_events(gens, base, echo))
-    texts = [await run_in_threadpool(g.run) for g in gens]
+        return event_stream(completion_events(gens, base, echo), gens)
+    texts = await run_to_end(request, gens)
     choices = [
         {
             "index": i,

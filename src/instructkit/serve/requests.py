@@ -9,6 +9,7 @@ server's `GenerationConfig`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -16,6 +17,7 @@ import math
 from collections.abc import Callable, Iterator
 
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from instructkit.config import SEED_RANGE, GenerationConfig
@@ -197,3 +199,40 @@ def guarded(chunks: Iterator[str], error_chunk: Callable[[str], str]) -> Iterato
     except Exception as error:
         logger.exception("generation failed mid-stream")
         yield error_chunk(f"generation failed: {type(error).__name__}: {error}")
+
+
+class ReplyStream(StreamingResponse):
+    """A streamed reply that cancels its generations however the response ends: a client
+    that goes away mid-stream frees its rows in the batch at the decode loop's next step."""
+
+    def __init__(self, chunks: Iterator[str], gens: list[Generation], media_type: str):
+        super().__init__(chunks, media_type=media_type)
+        self.gens = gens
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for gen in self.gens:
+                gen.cancel()
+
+
+async def run_to_end(request: Request, gens: list[Generation]) -> list[str]:
+    """Whole replies, generated off the event loop (together: they share the batch); a
+    client that goes away before they are done cancels them."""
+    work = asyncio.ensure_future(asyncio.gather(*(run_in_threadpool(g.run) for g in gens)))
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            for gen in gens:
+                gen.cancel()
+        return await work
+    finally:
+        gone.cancel()
+
+
+async def _disconnect(request: Request) -> None:
+    """Return when the client disconnects (the body has been read: nothing else comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
