@@ -183,3 +183,22 @@ def test_killed_and_resumed_run_is_bitwise_identical(files, tmp_path):
     ]
     assert rows_a == rows_b and len(rows_a) == 8
     assert "val_margin" in rows_b[3] and "accuracy" in rows_b[7]
+
+
+def test_resume_on_changed_pairs_is_refused_and_a_diverged_run_leaves_nothing(files, tmp_path, capsys):
+    data, tok, records = files
+    changed = tmp_path / "prefs.json"
+    changed.write_text(json.dumps(records))
+    out = tmp_path / "run"
+    assert main([*base_args((changed, tok, records), out), "--max-steps", "2", "--save-every", "1"]) == 0
+    changed.write_text(json.dumps(records[:40]))
+    capsys.readouterr()
+    assert main(["dpo", "--out", str(out), "--resume", "--max-steps", "4", "--quiet"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {changed}: the data changed since {out} started")
+    assert "48 records then, 40 now" in line
+
+    diverged = tmp_path / "diverged"
+    assert main([*base_args(files, diverged), "--max-steps", "3", "--lr", "inf"]) == 2
+    assert "none (no checkpoint yet)" in capsys.readouterr().err
+    assert not diverged.exists()  # as it found it: a retry needs no --overwrite

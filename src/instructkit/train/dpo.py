@@ -23,21 +23,20 @@ from instructkit.config import DPOConfig
 from instructkit.data import build_loader, split_records
 from instructkit.data.preferences import PreferenceCollator, PreferenceDataset, load_preferences
 from instructkit.errors import DataError
-from instructkit.files import check_writable
 from instructkit.model.lora import count_parameters
 from instructkit.train import distributed
-from instructkit.train.guards import owned_run_dir
+from instructkit.train.guards import check_fingerprint, records_fingerprint
 from instructkit.train.loop import (
     Run,
     RunResult,
     _silent,
     build_optimizer,
     count_steps,
-    finish,
     load_model,
     measure_initial_losses,
+    precision_line,
     resume_from,
-    train,
+    run_recipe,
     train_and_val_loaders,
     use_bf16,
     wrap_for_training,
@@ -65,23 +64,7 @@ def dpo(
 ) -> RunResult:
     """Preference-tune `config.model` on the pairs of `config.data` (or `records`) into
     `config.out`. `RunResult.tokens_seen` counts pairs here, the objective's units."""
-    check_writable(config.out, "--out", directory=True)  # before any long work
-    info, device = distributed.init(config.device)
-    try:
-        with owned_run_dir(config.out, hold=info.is_main):  # one process per run dir
-            run = setup(
-                config,
-                info,
-                device,
-                records=records,
-                tokenizer=tokenizer,
-                resume=resume,
-                overwrite=overwrite,
-            )
-            train(run, progress)
-            return finish(run)
-    finally:
-        distributed.shutdown(info)
+    return run_recipe(setup, config, records, tokenizer, resume, overwrite, progress)
 
 
 def setup(
@@ -101,10 +84,17 @@ def setup(
     distributed.barrier(info)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
+    if records is None:
+        records = load_preferences(config.data)
+    fingerprint = records_fingerprint(records)
+    if resume:  # the same pairs, or the data position and the reference table are meaningless
+        check_fingerprint(Path(config.out), fingerprint, config.data)
     train_records, val_records = load_pair_splits(config, records)
     model, tokenizer, model_dropout = load_model(config, tokenizer, device, say)
     trainable, total = count_parameters(model)
     say(f"Trainable parameters: {trainable:,} of {total:,}")
+    bf16 = use_bf16(config, device)
+    say(precision_line(config, device, bf16))
     train_set = PreferenceDataset(train_records, tokenizer, config.style)
     val_set = PreferenceDataset(val_records, tokenizer, train_set.style, offset=len(train_set))
     context = model.config.context_length
@@ -115,9 +105,9 @@ def setup(
     total_steps = count_steps(config, len(train_loader), len(train_set), info)
     optimizer, scheduler = build_optimizer(config, model, total_steps, device)
     install_test_step_delay(optimizer)
-    autocast = torch.autocast(device.type, torch.bfloat16, enabled=use_bf16(config, device))
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=bf16)
     if info.is_main:
-        claim_run_dir(config, overwrite)
+        claim_run_dir(config, overwrite, fingerprint)
     distributed.barrier(info)
     reference = reference_table(config, model, collator, train_set, val_set, info, device, autocast)
     objective = DPOObjective(
@@ -151,10 +141,8 @@ def setup(
     return run
 
 
-def load_pair_splits(config: DPOConfig, records: list[dict] | None) -> tuple[list, list]:
+def load_pair_splits(config: DPOConfig, records: list[dict]) -> tuple[list, list]:
     """Training and validation pairs (the test split is left for generation and judging)."""
-    if records is None:
-        records = load_preferences(config.data)
     train_pairs, _test, val_pairs = split_records(
         records, config.split, config.seed, source=config.data
     )

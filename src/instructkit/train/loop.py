@@ -155,11 +155,25 @@ def finetune(
     `tokenizer` (an instructkit Tokenizer or a tiktoken Encoding) overrides
     `config.tokenizer`. Under torchrun every rank calls this; rank 0 alone writes files.
     """
+    return run_recipe(setup, config, records, tokenizer, resume, overwrite, progress)
+
+
+def run_recipe(
+    setup_run: Callable[..., Run],
+    config: Any,
+    records: list[dict] | None,
+    tokenizer: Any,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+) -> RunResult:
+    """`setup_run` (finetune's `setup`, or DPO's), then `train` and `finish`, holding the run
+    dir; a run that diverges before its first checkpoint leaves nothing behind."""
     check_writable(config.out, "--out", directory=True)  # before any long work
     info, device = distributed.init(config.device)
     try:
         with owned_run_dir(config.out, hold=info.is_main):  # one process per run dir
-            run = setup(
+            run = setup_run(
                 config,
                 info,
                 device,
