@@ -185,12 +185,17 @@ def test_killed_and_resumed_run_is_bitwise_identical(files, tmp_path):
     assert "val_margin" in rows_b[3] and "accuracy" in rows_b[7]
 
 
-def test_resume_on_changed_pairs_is_refused_and_a_diverged_run_leaves_nothing(files, tmp_path, capsys):
-    data, tok, records = files
+def test_resume_on_changed_pairs_is_refused_and_a_diverged_run_leaves_nothing(
+    files, tmp_path, capsys
+):
+    _, tok, records = files
     changed = tmp_path / "prefs.json"
     changed.write_text(json.dumps(records))
     out = tmp_path / "run"
-    assert main([*base_args((changed, tok, records), out), "--max-steps", "2", "--save-every", "1"]) == 0
+    assert (
+        main([*base_args((changed, tok, records), out), "--max-steps", "2", "--save-every", "1"])
+        == 0
+    )
     changed.write_text(json.dumps(records[:40]))
     capsys.readouterr()
     assert main(["dpo", "--out", str(out), "--resume", "--max-steps", "4", "--quiet"]) == 2

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared_data import SHARED_DATA
 
 from instructkit import loading
 from instructkit.config import FinetuneConfig
@@ -35,7 +36,6 @@ from instructkit.train.distributed import Dist
 from instructkit.train.metrics import read_metrics
 from instructkit.train.schedule import lr_factor
 from instructkit.train.steps import LossModule, accumulate_gradients
-from shared_data import SHARED_DATA
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -224,12 +224,22 @@ def test_bf16_autocast_on_the_cpu_trains_close_to_fp32(tmp_path):
     curves = {}
     for precision in ("fp32", "bf16"):
         config = tiny_config(
-            tmp_path / precision, precision=precision, device="cpu", max_steps=200, lr=1e-3,
-            eval_every=0, save_every=0, log_every=20, allowed_max_length=128,
+            tmp_path / precision,
+            precision=precision,
+            device="cpu",
+            max_steps=200,
+            lr=1e-3,
+            eval_every=0,
+            save_every=0,
+            log_every=20,
+            allowed_max_length=128,
         )
         finetune(config, records=records, tokenizer=tokenizer, progress=False)
-        curves[precision] = [row["train_loss"] for row in read_metrics(tmp_path / precision / "metrics.jsonl")
-                             if row["step"] > 0]
+        curves[precision] = [
+            row["train_loss"]
+            for row in read_metrics(tmp_path / precision / "metrics.jsonl")
+            if row["step"] > 0
+        ]
     assert len(curves["fp32"]) == 10
     assert curves["fp32"][-1] < curves["fp32"][0] - 1.0  # it learns
     for fp32, bf16 in zip(curves["fp32"], curves["bf16"], strict=True):
@@ -237,22 +247,42 @@ def test_bf16_autocast_on_the_cpu_trains_close_to_fp32(tmp_path):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_precision_auto_follows_the_cpus_bf16(records, tokenizer, tmp_path, capsys, monkeypatch, native):
+def test_precision_auto_follows_the_cpus_bf16(
+    records, tokenizer, tmp_path, capsys, monkeypatch, native
+):
     monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: native)
     seen = []
     monkeypatch.setattr(torch, "autocast", lambda *a, **kw: seen.append(kw) or nullcontext())
     config = tiny_config(tmp_path / "run", device="cpu", max_steps=1, eval_every=0, save_every=0)
     finetune(config, records=records, tokenizer=tokenizer, progress=False)
     assert seen[0]["enabled"] is native
-    expected = "bf16 autocast (this CPU multiplies bf16 natively" if native else "fp32 (this CPU has no native bf16"
+    expected = (
+        "bf16 autocast (this CPU multiplies bf16 natively"
+        if native
+        else "fp32 (this CPU has no native bf16"
+    )
     assert f"Precision: {expected}" in capsys.readouterr().out
 
 
-def test_finetune_warns_when_test_records_copy_training_records(records, tokenizer, tmp_path, capsys):
+def test_finetune_warns_when_test_records_copy_training_records(
+    records, tokenizer, tmp_path, capsys
+):
     leaky = [dict(r, split="train") for r in records[:40]]
-    leaky += [dict(records[0], split="test"), dict(records[41], split="test"), dict(records[42], split="val")]
-    finetune(tiny_config(tmp_path / "a", split="field", max_steps=1), records=leaky, tokenizer=tokenizer, progress=False)
-    assert "Warning: 1 of 2 test and 0 of 1 validation records nearly copy a training record" in capsys.readouterr().out
+    leaky += [
+        dict(records[0], split="test"),
+        dict(records[41], split="test"),
+        dict(records[42], split="val"),
+    ]
+    finetune(
+        tiny_config(tmp_path / "a", split="field", max_steps=1),
+        records=leaky,
+        tokenizer=tokenizer,
+        progress=False,
+    )
+    assert (
+        "Warning: 1 of 2 test and 0 of 1 validation records nearly copy a training record"
+        in capsys.readouterr().out
+    )
     config = tiny_config(tmp_path / "b", split="field", max_steps=1, check_leakage=False)
     finetune(config, records=leaky, tokenizer=tokenizer, progress=False)
     assert "nearly copy" not in capsys.readouterr().out
