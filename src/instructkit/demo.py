@@ -66,9 +66,9 @@ class DemoPlan:
 
 
 # Sized for a CPU without fast bf16 (measured on an AMD EPYC Zen 3, AVX2, 2 cores): 800
-# steps (~2 epochs of the 17,600 training records) take about 0.85 CPU-seconds each there, so
-# the run fits about 8 minutes on two idle cores. Designs compared on the validation split
-# and the 3-seed test scores: BENCHMARKS.md ("Demo as a proof of learning").
+# steps (~2 epochs of the 17,600 training records) fine-tune in ~390 s there, the whole run
+# in about 7 minutes on the nearly idle machine. Designs compared on the validation split and
+# the 3-seed test scores: BENCHMARKS.md ("Demo as a proof of learning").
 FULL = DemoPlan(
     model="random:demo",
     vocab_size=300,
