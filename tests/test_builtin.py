@@ -1,4 +1,5 @@
-"""Tests for the built-in dataset: size, schema, splits that share no item, correct answers."""
+"""Tests for the built-in dataset: size, schema, splits held out by what determines the
+answer, test splits balanced over the classes a shortcut misses, correct answers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from instructkit.data import builtin
+from instructkit.data import builtin, builtin_words
 from instructkit.data.builtin import (
     FAMILY_NAMES,
     builtin_records,
@@ -107,6 +108,44 @@ def test_test_and_val_items_never_occur_in_train(splits):
         assert key(record) not in train_keys, record
 
 
+def answer_determinant(record: dict) -> str:
+    """What fixes the answer, recomputed from the record without the module's code: the
+    sorted letters to sort, the letters to reverse, the set of numbers or words, the word
+    inflected, the number, the pair."""
+    family, item = record["family"], item_text(record)
+    if family == "sort_letters":
+        return "".join(sorted(item.replace(" ", "")))
+    if family == "reverse":
+        return item.replace(" ", "")
+    if family == "compare":
+        return " ".join(sorted(item.split(" or ")))
+    if "," in item or family in ("sort", "largest_smallest", "count", "first_last"):
+        return ",".join(sorted(part.strip() for part in item.split(",")))
+    return item.strip()
+
+
+# Families whose answer is a one-to-one function of its determinant: a held-out answer is
+# then never a training answer of the family either.
+ONE_TO_ONE = ("reverse", "sort_letters", "sort", "plural", "past_tense", "next_number")
+ONE_TO_ONE += ("number_words",)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_held_out_by_what_determines_the_answer(seed):
+    train, test, val = builtin_splits(seed)
+    trained = {(r["family"], answer_determinant(r)) for r in train}
+    trained_answers = {(r["family"], r["output"]) for r in train}
+    for record in test + val:
+        assert (record["family"], answer_determinant(record)) not in trained, record
+        if record["family"] in ONE_TO_ONE:
+            assert (record["family"], record["output"]) not in trained_answers, record
+    # the module's own key agrees: anagrams of a training word are held out as one
+    train_keys = {(r["family"], builtin.answer_key(r)) for r in train}
+    assert not train_keys & {(r["family"], builtin.answer_key(r)) for r in test + val}
+    anagram = {"family": "sort_letters", "instruction": "Sort these letters: g o l d", "input": ""}
+    assert builtin.answer_key(anagram) == builtin.answer_key({**anagram, "input": "g l o d"})
+
+
 def test_test_and_val_share_no_item(splits):
     _, test, val = splits
     assert not {underlying_item(r) for r in test} & {underlying_item(r) for r in val}
@@ -115,26 +154,37 @@ def test_test_and_val_share_no_item(splits):
         assert max(by_family.values()) == 1
 
 
-def test_spelling_corrections_are_known_words_one_edit_away(splits):
-    train, test, _ = splits
-    trained_answers = {r["output"] for r in train if r["family"] == "spelling"}
-    for record in train + test:
-        if record["family"] != "spelling":
-            continue
-        typo, word = item_text(record), record["output"]
-        assert typo != word and typo[0] == word[0]
-        assert one_edit(typo, word), (typo, word)
-        if record in test:  # held-out misspellings of words training has seen
-            assert word in trained_answers
+def test_test_splits_are_balanced_over_the_classes_a_shortcut_misses(splits):
+    _, test, val = splits
+    for split, per_family in ((test, builtin.TEST_PER_FAMILY), (val, builtin.VAL_PER_FAMILY)):
+
+        def classes(family, classify, split=split, per_family=per_family):
+            """How many classes the family's records fall in; their sizes differ by at most 1."""
+            counts = Counter(classify(r) for r in split if r["family"] == family)
+            assert sum(counts.values()) == per_family
+            assert max(counts.values()) - min(counts.values()) <= 1, (family, counts)
+            return len(counts)
+
+        assert classes("plural", lambda r: builtin_words.plural_class(item_text(r))) == 4
+        assert classes("past_tense", lambda r: builtin_words.past_class(item_text(r))) == 5
+        assert classes("next_number", lambda r: item_text(r).endswith("9")) == 2  # carry or not
+        assert classes("count", lambda r: r["output"]) == 4
+        assert classes("first_last", lambda r: "first" in phrase(r)) == 2
+        assert (
+            classes(
+                "largest_smallest", lambda r: any(w in phrase(r) for w in ("larg", "big", "high"))
+            )
+            == 2
+        )
+        assert classes("compare", lambda r: item_text(r).startswith(r["output"])) == 2
+        assert classes("compare", first_difference) == 3
+        assert classes("sort", lambda r: item_text(r).count(",")) == 4
+        assert classes("reverse", lambda r: len(item_text(r).split())) == 3
 
 
-def one_edit(typo: str, word: str) -> bool:
-    if len(typo) == len(word) + 1:
-        return any(typo[:i] + typo[i + 1 :] == word for i in range(len(typo)))
-    if len(typo) == len(word) - 1:
-        return any(word[:i] + word[i + 1 :] == typo for i in range(len(word)))
-    diffs = [i for i in range(len(word)) if typo[i] != word[i]]
-    return len(diffs) == 2 and diffs[1] == diffs[0] + 1 and typo[diffs[0]] == word[diffs[1]]
+def first_difference(record: dict) -> int:
+    a, b = item_text(record).split(" or ")
+    return next(i for i in range(3) if a[i] != b[i])
 
 
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -178,15 +228,35 @@ def expected(record: dict) -> str | None:
         return str(len(words))
     if family == "first_last":
         return words[0] if "first" in asked else words[-1]
+    if family == "compare":
+        return str(max(numbers))
     if family == "plural":
-        if re.search(r"[^aeiou]y$", item):
-            return item[:-1] + "ies"
-        return item + ("es" if re.search(r"(s|x|z|ch|sh)$", item) else "s")
+        return expected_plural(item)
     if family == "past_tense":
-        if re.search(r"[^aeiou]y$", item):
-            return item[:-1] + "ied"
-        return item + ("d" if item.endswith("e") else "ed")
-    return None  # number_words and spelling
+        return expected_past(item)
+    return None  # number_words
+
+
+def expected_plural(noun: str) -> str:
+    for ending, plural in (("man", "men"), ("fe", "ves"), ("ff", "ffs"), ("f", "ves")):
+        if noun.endswith(ending):
+            return noun[: -len(ending)] + plural
+    if re.search(r"[^aeiou]y$", noun):
+        return noun[:-1] + "ies"
+    return noun + ("es" if re.search(r"(s|x|z|ch|sh)$", noun) else "s")
+
+
+def expected_past(verb: str) -> str:
+    for ending, past in (("eep", "ept"), ("ind", "ound"), ("ing", "ang")):
+        if verb.endswith(ending):
+            return verb[: -len(ending)] + past
+    if re.search(r"[^aeiou]y$", verb):
+        return verb[:-1] + "ied"
+    if verb.endswith("e"):
+        return verb + "d"
+    if re.fullmatch(r"[^aeiou]*[aeiou][bdgklmnprt]", verb):
+        return verb + verb[-1] + "ed"
+    return verb + "ed"
 
 
 def test_answers_are_correct(records):
@@ -199,24 +269,34 @@ def test_answers_are_correct(records):
         if record["family"] == "number_words":
             assert words_value(record["output"]) == int(item_text(record)), record
             checked["number_words"] += 1
-    assert set(checked) == set(FAMILY_NAMES) - {"spelling"}
+    assert set(checked) == set(FAMILY_NAMES)
 
 
 def test_known_word_forms():
-    assert [builtin.plural(w) for w in ("cat", "box", "church", "city", "boy", "wish")] == [
+    nouns = ("cat", "box", "church", "city", "boy", "wish", "leaf", "knife", "snowman")
+    assert [builtin.plural(w) for w in nouns] == [
         "cats",
         "boxes",
         "churches",
         "cities",
         "boys",
         "wishes",
+        "leaves",
+        "knives",
+        "snowmen",
     ]
-    assert [builtin.past_tense(w) for w in ("walk", "bake", "cry", "play", "fix")] == [
+    verbs = ("walk", "bake", "cry", "play", "fix", "stop", "visit", "sleep", "find", "sing")
+    assert [builtin.past_tense(w) for w in verbs] == [
         "walked",
         "baked",
         "cried",
         "played",
         "fixed",
+        "stopped",
+        "visited",
+        "slept",
+        "found",
+        "sang",
     ]
     assert [builtin.number_words(n) for n in (0, 7, 13, 40, 47, 100, 502, 999)] == [
         "zero",
@@ -231,12 +311,17 @@ def test_known_word_forms():
 
 
 def test_word_lists_have_no_duplicates_or_irregular_forms():
-    for words in (builtin.WORDS, builtin.NOUNS, builtin.VERBS, builtin.SPELLING_WORDS):
+    w = builtin_words
+    for words in (w.WORDS, w.NOUNS, w.VERBS, w.VES_NOUNS, w.MAN_NOUNS, w.DOUBLING_VERBS):
         assert len(words) == len(set(words))
-        assert all(w.isalpha() and w.islower() for w in words)
-    assert not {"man", "child", "mouse", "leaf", "wolf", "sheep", "fish"} & set(builtin.NOUNS)
-    assert not {"go", "run", "stop", "plan", "eat", "see"} & set(builtin.VERBS)
-    assert all(3 <= len(w) <= 5 for w in builtin.WORDS)
+        assert all(word.isalpha() and word.islower() for word in words)
+    # irregular forms that no rule predicts from the letters are not listed
+    assert not {"man", "child", "mouse", "sheep", "fish", "roof", "cliff"} & set(w.NOUNS)
+    assert not {"go", "run", "eat", "see", "bring", "think"} & set(w.VERBS + w.IRREGULAR_VERBS)
+    assert all(3 <= len(word) <= 5 for word in w.WORDS)
+    assert {w.plural_class(n) for n in w.VES_NOUNS + w.MAN_NOUNS} == {"irregular"}
+    assert {w.past_class(v) for v in w.DOUBLING_VERBS} == {"doubled"}
+    assert {w.past_class(v) for v in w.IRREGULAR_VERBS} == {"irregular"}
 
 
 def test_file_splits_back_by_its_split_field(splits):
@@ -245,18 +330,14 @@ def test_file_splits_back_by_its_split_field(splits):
     assert split_records(records) == splits  # auto: every record names its split
 
 
-def test_made_up_training_words_follow_the_rules_and_are_no_real_word(splits):
+def test_made_up_words_are_no_real_word_and_test_has_real_words_too(splits):
     train, test, _val = splits
-    real = set(builtin.WORDS) | set(builtin.NOUNS) | set(builtin.VERBS)
-    made_up = {r["input"] or item_text(r) for r in train if r["family"] in ("plural", "past_tense")}
-    made_up -= real
-    assert len(made_up) > 1000
-    for record in train:
-        word = item_text(record)
-        if record["family"] == "past_tense" and word not in real:
-            # never a short vowel and one consonant, which English doubles (stop -> stopped)
-            assert not re.search(r"[^aeiou][aeiou][bdgklmnprt]$", word), word
-    assert all(item_text(r) in real for r in test if r["family"] in ("plural", "past_tense"))
+    real = builtin_words.real_words()
+    for family in ("plural", "past_tense", "reverse"):
+        items = {item_text(r).replace(" ", "") for r in train + test if r["family"] == family}
+        assert len(items - real) > 500, family
+        held_out = [item_text(r).replace(" ", "") for r in test if r["family"] == family]
+        assert 10 <= sum(word in real for word in held_out) < len(held_out), family
 
 
 def test_write_builtin_writes_valid_json(tmp_path):

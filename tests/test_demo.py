@@ -13,7 +13,7 @@ import yaml
 
 from instructkit import cli, demo, loading
 from instructkit.data import load_instructions, split_records
-from instructkit.data.builtin import FAMILY_NAMES, underlying_item
+from instructkit.data.builtin import FAMILY_NAMES, answer_key, underlying_item
 from instructkit.demo import (
     DEMO_ARTIFACTS,
     QUICK,
@@ -99,6 +99,8 @@ def test_scored_records_are_held_out_from_training(run_dir):
     trained_items = {underlying_item(record) for record in train}
     scored = read_json(run_dir / "responses.json")
     assert not trained_items & {underlying_item(record) for record in scored}
+    trained_keys = {(r["family"], answer_key(r)) for r in train}
+    assert not trained_keys & {(r["family"], answer_key(r)) for r in scored}
     trained_inputs = {(r["instruction"], r["input"]) for r in train}
     assert not trained_inputs & {(r["instruction"], r["input"]) for r in scored}
 
@@ -116,6 +118,28 @@ def test_report_has_config_plot_table_and_examples(run_dir):
     assert f"| **overall** | {overall['n']} | {overall['exact_match']:.2f} |" in report
     assert QUICK.model in report and f"{QUICK.max_steps} steps" in report
     assert "| family | instruction | expected | fine-tuned | untrained |" in report
+    assert "| family | model | majority | copy | nearest | rule | best baseline | gain |" in report
+    for family in FAMILY_NAMES:
+        best = scores["baselines"][family]["best"]
+        assert re.search(rf"\| {family} \| [0-9.]+ \| .* \| {best:.2f} \| [+-][0-9.]+ \|", report)
+
+
+def test_baselines_are_scored_on_the_same_records(run_dir):
+    """scores.json's baselines: every family, exact match in [0, 1], the best of the four,
+    and the add -s rule recomputed from the scored plural records."""
+    scores = read_json(run_dir / "scores.json")
+    responses = read_json(run_dir / "responses.json")
+    baselines = scores["baselines"]
+    assert set(baselines) == set(FAMILY_NAMES) | {"overall"}
+    for family in FAMILY_NAMES:
+        row = baselines[family]
+        assert row["n"] == QUICK.test_per_family
+        assert row["best"] == max(row[name] for name in ("majority", "copy", "nearest", "rule"))
+    plural = [r for r in responses if r["family"] == "plural"]
+    plus_s = [
+        (r["input"] or r["instruction"].rsplit(": ", 1)[1]) + "s" == r["output"] for r in plural
+    ]
+    assert baselines["plural"]["rule"] == pytest.approx(sum(plus_s) / len(plural))
 
 
 def test_saved_model_loads_and_gave_the_scored_responses(run_dir):
@@ -126,12 +150,15 @@ def test_saved_model_loads_and_gave_the_scored_responses(run_dir):
     model, tokenizer = load_pretrained(run_dir / "model")
     assert tokenizer is not None and model.config.vocab_size == tokenizer.vocab_size
     responses = read_json(run_dir / "responses.json")[:4]
+    # the demo's limit, as its report states it: a response that runs on is cut there
+    report = (run_dir / "report.md").read_text()
+    max_new_tokens = int(re.search(r"at most (\d+) new tokens", report).group(1))
     again = generate_responses(
         model,
         tokenizer,
         resolve_style(str(run_dir)),
         [{k: v for k, v in r.items() if k != "model_response"} for r in responses],
-        max_new_tokens=32,
+        max_new_tokens=max_new_tokens,
         progress=False,
     )
     assert [r["model_response"] for r in again] == [r["model_response"] for r in responses]

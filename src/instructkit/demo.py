@@ -58,12 +58,17 @@ class DemoPlan:
     eval_every: int = 50
     test_per_family: int | None = None
     """Test records scored per family; None scores the whole test split."""
+    untrained_per_family: int = 20
+    """Of those, how many the untrained model answers: it only shows that training changed
+    something (the baselines are the contrast that counts), and it answers at full length."""
     precision: str = "fp32"
     """Training precision (`FinetuneConfig.precision`)."""
 
 
-# About 8 minutes on two idle CPU cores without fast bf16, most of it the 2,400 steps (~6.5
-# epochs of the 17,600 training records). Alternatives measured in BENCHMARKS.md ("Demo").
+# Sized for a CPU without fast bf16 (measured on an AMD EPYC Zen 3, AVX2, 2 cores): 800
+# steps (~2 epochs of the 17,600 training records) fine-tune in ~390 s there, the whole run
+# in about 7 minutes on the nearly idle machine. Designs compared on the validation split and
+# the 3-seed test scores: BENCHMARKS.md ("Demo as a proof of learning").
 FULL = DemoPlan(
     model="random:demo",
     vocab_size=300,
@@ -72,11 +77,11 @@ FULL = DemoPlan(
     row_length=256,
     lr=2e-3,
     warmup_steps=20,
-    max_steps=2400,
+    max_steps=800,
     eval_every=200,
 )
-# Where the CPU multiplies bf16 natively (AVX-512 BF16, AMX), a step takes about 0.58 of
-# the fp32 one, so the same minutes train 4,000 steps.
+# Where the CPU multiplies bf16 natively (AVX-512 BF16, AMX), a step took about 0.58 of the
+# fp32 one on the AVX-512 EPYC where 2,400 fp32 steps took 8 minutes: 4,000 steps there.
 FULL_BF16 = dataclasses.replace(FULL, precision="bf16", max_steps=4000)
 QUICK = DemoPlan(
     model="random:tiny",
@@ -112,7 +117,7 @@ class DemoData:
     train: list[dict]
     val: list[dict]
     test: list[dict]
-    """The scored test records (`DemoPlan.test_per_family` of each family)."""
+    """The scored held-out records (`DemoPlan.test_per_family` of each family)."""
     tokenizer: Any
     max_new_tokens: int
 
@@ -146,11 +151,14 @@ def run_demo(
     progress: bool = True,
     plan: DemoPlan | None = None,
     precision: str = "auto",
+    held_out: str = "test",
 ) -> DemoResult:
     """Run the whole pipeline into a fresh run directory (or `out` itself with `overwrite`).
 
     precision: "auto" (bf16 where the CPU multiplies it natively, else fp32), "fp32" or
-    "bf16"; the full demo's steps follow it (FULL or FULL_BF16).
+    "bf16"; the full demo's steps follow it (FULL or FULL_BF16). held_out: the split scored,
+    "test", or "val" to compare designs without looking at the test split
+    (`bench/demo_designs.py`).
     """
     from instructkit.demo_report import summary_text, write_report
     from instructkit.evaluate import compute_metrics
@@ -161,7 +169,7 @@ def run_demo(
     stages = Stages(progress)
     with stages.bar:
         with stages.timed("data and tokenizer"):
-            data = prepare_data(Path(out), overwrite, seed, plan)
+            data = prepare_data(Path(out), overwrite, seed, plan, held_out)
         with stages.timed("untrained responses"):
             untrained_records = answer_untrained(data, plan, seed, progress)
             untrained = compute_metrics(untrained_records)
@@ -172,11 +180,13 @@ def run_demo(
         with stages.timed("trained responses"):
             model, trained_records = answer_trained(data, progress)
         with stages.timed("scores"):
-            scores = score(data.out_dir, untrained)
+            scores = score(data, untrained)
         with stages.timed("report"):
             facts = {
                 "seed": seed,
                 "quick": quick,
+                "held_out": held_out,
+                "baselines": scores["baselines"],
                 "plan": plan,
                 "counts": (len(data.train), len(data.val), len(data.test)),
                 "tokenizer_vocab": data.tokenizer.vocab_size,
@@ -209,7 +219,9 @@ def run_demo(
 # ---- the stages --------------------------------------------------------------------------
 
 
-def prepare_data(out: Path, overwrite: bool, seed: int, plan: DemoPlan) -> DemoData:
+def prepare_data(
+    out: Path, overwrite: bool, seed: int, plan: DemoPlan, held_out: str = "test"
+) -> DemoData:
     """Claim the run dir, write the built-in data, split it, train the tokenizer."""
     from instructkit.data import get_style, load_instructions, split_by_field
     from instructkit.data.builtin import write_builtin
@@ -229,21 +241,23 @@ def prepare_data(out: Path, overwrite: bool, seed: int, plan: DemoPlan) -> DemoD
         data_path=data_path,
         train=train,
         val=val,
-        test=pick_per_family(test, plan.test_per_family),
+        test=pick_per_family(test if held_out == "test" else val, plan.test_per_family),
         tokenizer=tokenizer,
         max_new_tokens=MAX_NEW_TOKENS_MARGIN + longest_answer,
     )
 
 
-def answer_test(model, tokenizer, style, data: DemoData, name: str, progress: bool) -> list[dict]:
-    """The test records with `model`'s responses, saved as `name` in the run dir."""
+def answer_test(
+    model, tokenizer, style, data: DemoData, name: str, progress: bool, records: list[dict]
+) -> list[dict]:
+    """`records` with `model`'s responses, saved as `name` in the run dir."""
     from instructkit.responses import generate_responses
 
     answered = generate_responses(
         model,
         tokenizer,
         style,
-        data.test,
+        records,
         batch_size=32,
         max_new_tokens=data.max_new_tokens,
         progress=progress,
@@ -259,7 +273,10 @@ def answer_untrained(data: DemoData, plan: DemoPlan, seed: int, progress: bool) 
 
     model, _ = load_pretrained(plan.model, tokenizer=data.tokenizer, seed=seed)
     style = get_style(STYLE)
-    return answer_test(model, data.tokenizer, style, data, "untrained_responses.json", progress)
+    records = pick_per_family(data.test, plan.untrained_per_family)
+    return answer_test(
+        model, data.tokenizer, style, data, "untrained_responses.json", progress, records
+    )
 
 
 def finetune_config(data: DemoData, plan: DemoPlan, seed: int) -> FinetuneConfig:
@@ -304,14 +321,18 @@ def answer_trained(data: DemoData, progress: bool) -> tuple[Any, list[dict]]:
     from instructkit.loading import load_for_generation
 
     model, tokenizer, style = load_for_generation(str(data.out_dir), device="cpu")
-    return model, answer_test(model, tokenizer, style, data, "responses.json", progress)
+    return model, answer_test(model, tokenizer, style, data, "responses.json", progress, data.test)
 
 
-def score(out_dir: Path, untrained: dict) -> dict:
-    """scores.json: the trained model's per-record scores, the untrained model's metrics."""
+def score(data: DemoData, untrained: dict) -> dict:
+    """scores.json: the trained model's per-record scores, the untrained model's metrics and
+    the trivial baselines' exact match per family (`instructkit.demo_baselines`)."""
+    from instructkit.demo_baselines import baseline_scores
     from instructkit.evaluate import evaluate_responses
 
+    out_dir = data.out_dir
     scores = evaluate_responses(out_dir / "responses.json", progress=False)
+    scores["baselines"] = baseline_scores(data.train, data.test)
     scores["untrained"] = {
         "responses": str(out_dir / "untrained_responses.json"),
         "metrics": {key: value for key, value in untrained.items() if key != "per_record"},

@@ -52,15 +52,23 @@ def score_rows(trained: dict, untrained: dict) -> list[tuple[str, int, float, fl
 def summary_text(out_dir: Path, trained: dict, untrained: dict, facts: dict) -> str:
     """The few lines printed at the end of `instructkit demo`."""
     rows = score_rows(trained, untrained)
+    baselines = facts["baselines"]
     width = max(len(row[0]) for row in rows)
     lines = [
         "",
-        f"Held-out test split ({trained['n']} records), trained vs untrained model:",
-        f"  {'family':<{width}}  {'n':>4}  {'exact match':>19}  {'ROUGE-L':>17}",
+        (
+            f"Held-out {facts['held_out']} split ({trained['n']} records): exact match of the trained "
+            "model, the best trivial baseline, the untrained model; ROUGE-L:"
+        ),
+        (
+            f"  {'family':<{width}}  {'n':>4}  {'exact':>5}  {'baseline':>8}  {'untrained':>9}"
+            f"  {'ROUGE-L':>7}"
+        ),
     ]
-    for family, n, em, em0, rl, rl0 in rows:
+    for family, n, em, em0, rl, _rl0 in rows:
+        best = baselines.get(family, {}).get("best", 0.0)
         lines.append(
-            f"  {family:<{width}}  {n:>4}  {em:>8.2f} (was {em0:.2f})  {rl:>6.2f} (was {rl0:.2f})"
+            f"  {family:<{width}}  {n:>4}  {em:>5.2f}  {best:>8.2f}  {em0:>9.2f}  {rl:>7.2f}"
         )
     lines += [
         "",
@@ -106,12 +114,17 @@ def write_report(
         "",
         "![loss](loss.png)",
         "",
-        "## Scores on the held-out test split",
+        f"## Scores on the held-out {facts['held_out']} split",
         "",
         "Exact match and ROUGE-L F1 after normalisation (case, punctuation, spaces), for the",
-        "fine-tuned model and for the same model before training.",
+        "fine-tuned model and for the same model before training (which answers the first",
+        f"{facts['plan'].untrained_per_family} records of each family only).",
         "",
         *score_table(trained, untrained),
+        "",
+        "## Against trivial baselines",
+        "",
+        *baseline_table(trained, facts["baselines"]),
         "",
         "## Some responses",
         "",
@@ -146,8 +159,9 @@ def what_was_run(facts: dict, num_families: int) -> list[str]:
         ),
         (
             f"- Data: `data.json`, the built-in dataset (seed {facts['seed']}): {n_train} training, "
-            f"{n_val} validation and {n_test} scored test records over "
-            f"{num_families} task families; test items never occur in training"
+            f"{n_val} validation and {n_test} scored {facts['held_out']} records over "
+            f"{num_families} task families; what determines a held-out answer (the word, its "
+            "sorted letters, the set, the number) never occurs in its family's training records"
         ),
         (
             f"- Tokenizer: byte-level BPE with {facts['tokenizer_vocab']} tokens, trained on the "
@@ -189,6 +203,37 @@ def score_table(trained: dict, untrained: dict) -> list[str]:
     return lines
 
 
+def baseline_table(trained: dict, baselines: dict) -> list[str]:
+    """Exact match of the model beside what needs no learning: the majority training answer,
+    the input copied, the nearest training prompt's answer, the family's one-line rule."""
+    from instructkit.demo_baselines import RULES
+
+    lines = [
+        "Each held-out record is also answered without a model: the majority training answer of",
+        "its family, its input copied, the answer of the training record whose item is most alike",
+        "(character bigrams), and the family's one-line shortcut rule. Gain: the model's exact",
+        "match minus the best of these.",
+        "",
+        "| family | model | majority | copy | nearest | rule | best baseline | gain |",
+        "|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for family, group in trained.get("groups", {}).items():
+        base = baselines[family]
+        rule = f"{base['rule']:.2f} ({RULES[family][0]})" if family in RULES else "- (none)"
+        cells = [f"{base[name]:.2f}" for name in ("majority", "copy", "nearest")]
+        gain = group["exact_match"] - base["best"]
+        lines.append(
+            f"| {family} | {group['exact_match']:.2f} | {' | '.join(cells)} | {rule} "
+            f"| {base['best']:.2f} | {gain:+.2f} |"
+        )
+    overall = trained["exact_match"] - baselines["overall"]["best"]
+    lines.append(
+        f"| **overall** | {trained['exact_match']:.2f} | | | | | {baselines['overall']['best']:.2f} "
+        f"| {overall:+.2f} |"
+    )
+    return lines
+
+
 def example_table(trained_records: list[dict], untrained_records: list[dict]) -> list[str]:
     """The first `EXAMPLES_IN_REPORT` test records of each family, answered before and after."""
     lines = [
@@ -196,9 +241,11 @@ def example_table(trained_records: list[dict], untrained_records: list[dict]) ->
         "|---|---|---|---|---|",
     ]
     shown: dict[str, int] = {}
-    for record, before in zip(trained_records, untrained_records, strict=True):
+    before_of = {(r["instruction"], r["input"]): r["model_response"] for r in untrained_records}
+    for record in trained_records:
         family = record["family"]
-        if shown.get(family, 0) >= EXAMPLES_IN_REPORT:
+        before = before_of.get((record["instruction"], record["input"]))
+        if shown.get(family, 0) >= EXAMPLES_IN_REPORT or before is None:
             continue
         shown[family] = shown.get(family, 0) + 1
         prompt = record["instruction"] + (f" / {record['input']}" if record["input"] else "")
@@ -207,7 +254,7 @@ def example_table(trained_records: list[dict], untrained_records: list[dict]) ->
             prompt,
             record["output"],
             record["model_response"],
-            before["model_response"],
+            before,
         ]
         lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
     return lines

@@ -18,7 +18,7 @@ Run the whole instruction fine-tuning pipeline offline, with nothing to download
 
 Writes the built-in instruction dataset, trains a small byte-level BPE tokenizer on
 its training split, fine-tunes a small GPT from scratch (the `demo` preset; bf16
-autocast and 4,000 steps where the CPU multiplies bf16 natively, else fp32 and 2,400)
+autocast and 4,000 steps where the CPU multiplies bf16 natively, else fp32 and 800)
 with the real finetune code path, generates responses for the held-out test split, and scores
 them (exact match, ROUGE-L, per task family) against the untrained model. Writes the
 run directory (config.yaml, metrics.jsonl, loss.png, checkpoints/, model/,
@@ -58,7 +58,7 @@ def register(subparsers) -> None:
         choices=PRECISIONS,
         default="auto",
         help="training precision; auto is bf16 (4,000 steps) where the CPU multiplies bf16 "
-        "natively, else fp32 (2,400 steps)",
+        "natively, else fp32 (800 steps)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)

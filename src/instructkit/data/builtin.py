@@ -5,21 +5,23 @@ can make: small tasks whose answers are exact and checkable (reverse letters, so
 numbers, plural forms, ...), each phrased several ways, about a third of them with the
 `input` field, in the Alpaca schema plus a `family` key naming the task. The tasks are
 sized for a GPT of a few million parameters that learns them from scratch in minutes:
-short items, letters spaced out so each is a token, digits rather than large numbers to
-compare, and some hundreds of generated examples per task, since a model that small
-learns the rule only from many distinct examples (with few, it memorises them).
+short items, letters spaced out so each is a token, and some hundreds of distinct items
+per task, since a model that small learns the rule only from many distinct examples.
 
-Held-out records test generalisation, not recall: every family draws its items (the
-word, number set, word list, misspelling ...) from a domain whose items are split once
-into train, test and val pools, so a test or val item never occurs in training under
-any phrasing or family. Spelling is the one family that needs vocabulary: its held-out
-items are new misspellings of words whose other misspellings are in training.
+Held-out records test generalisation, not recall, and are held out by what determines
+the answer (`answer_key`): the letters of a word to reverse, the sorted letters of a word
+to sort (so an anagram of a training word is never a test word), the set of numbers or
+words, the word being inflected, the number, the pair compared. Each domain's items are
+grouped by that key and the groups split once into train, test and val pools; families
+that share a domain share its pools.
 
-Test and val items are real English words, but a few hundred real words are too few to
-learn "copy this word and add -s" rather than recall each word (measured in BENCHMARKS.md,
-Demo): the training pools of the word, noun and verb domains add made-up words (the
-linguists' "wug" test), built from English syllables so that the regular rules apply.
-Every record names its split in a `split` field, so any command splits the file as made.
+The test and val pools are balanced over the classes a shortcut would miss: plural and
+past tense over their rule classes (`instructkit.data.builtin_words`), numbers to count
+up from with and without a carry, word lists and number sets over their lengths, pairs
+over the digit where they first differ; first/last and largest/smallest are asked half
+each way. Items mix real words with made-up ones built from English syllables (the
+linguists' "wug" test): a few hundred real words are too few to learn "add -s" rather
+than recall each word. Every record names its split in a `split` field.
 """
 
 from __future__ import annotations
@@ -31,112 +33,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from instructkit.data.builtin_words import (
+    DOUBLING_VERBS,
+    IRREGULAR_VERBS,
+    MAN_NOUNS,
+    NOUN_MAKERS,
+    NOUNS,
+    VERB_MAKERS,
+    VERBS,
+    VES_NOUNS,
+    WORDS,
+    letters_word,
+    past_class,
+    past_tense,
+    plural,
+    plural_class,
+    pseudo_words,
+)
 from instructkit.errors import UserError
 from instructkit.files import write_atomic
 
 # Records per family. Every record carries its split, so the proportions are free.
-TRAIN_PER_FAMILY, TEST_PER_FAMILY, VAL_PER_FAMILY = 1600, 48, 24
-# Made-up words added to the training pools of the word, noun and verb domains.
-PSEUDO_WORDS_PER_DOMAIN = 1500
+TRAIN_PER_FAMILY, TEST_PER_FAMILY, VAL_PER_FAMILY = 1600, 200, 50
+# Made-up words per domain (word) and per rule class (noun, verb); all of a class's
+# made-up words where there are fewer (irregular verbs).
+PSEUDO_WORDS = 1500
+PSEUDO_PER_CLASS = 400
 INPUT_FRACTION = 1 / 3
-
-# Short common words (3-5 letters): reversed and sorted letter by letter, counted and
-# picked from lists.
-WORDS = """
-cat dog sun hat box cup pen bed red map car bus fox egg ant owl pig cow hen bat rat jar jam
-key kit lid log mud net nut oak pan pot rug sea sky toy van web yak zip arm leg ear eye lip
-toe fan fig ham ice ink job joy kid lab mat mix mop nap oil pie pin pod ram rim row rod sad
-sip tab tag tap tin top tub wig wax win yes zoo ball bell bird boat bone book cake card coat
-corn desk door drum duck fish flag frog gate gift girl goat gold hand harp hill home horn
-iron jump kite lamp leaf lion milk moon nest note park pear pink pond rain ring road rock
-rose salt sand seed ship shoe sock star tent tree vase wall wave wind wolf yard bear blue
-cold dark farm fire fork glow jazz king lake mask nose oven palm quiz rope soap tail town
-wing apple beach bread brick chair chalk cloud clock crown dance eagle fence field flame
-glass grape grass heart horse house juice knife lemon light mango melon money mouse night
-ocean onion paint paper peach piano pilot plant plate queen quilt river robot salad sheep
-shelf smile snake spoon storm sugar table tiger toast tooth train truck water whale wheel
-world zebra bee bug cab can cap cub den dot elk gem gum hut jet jug mug oar pad paw peg tip
-bag bar bin bow dam fin hog band bank barn beak bean belt bike boot bowl bulb cape cart cave
-cent chin clam coin comb cone cord crab crib crow cube dart dime disk dock doll dome dove
-dune film fist flea gear germ gown hawk hook hose jeep knot lamb lane lock mast mint mole
-nail page pail pill pipe plum pole pool pump raft rail rake reed robe roof room root sail
-seal seat shed sign silo sink slug sofa soup spot stem step swan tank tile toad tool tube
-vest vine wand wasp well worm badge bench cabin camel canoe cedar cider cliff coral couch
-crane daisy diner flute gecko ghost glove goose honey igloo jelly kayak koala ladle lemur
-llama magic maple medal metal moose nurse olive otter panda pearl pedal pizza plank pouch
-prism puppy raven ruler scarf shark skirt sloth spear squid stamp stick stone straw sweet
-tulip tunic vapor wagon waltz wheat
-""".split()  # noqa: SIM905 (a word list reads better as text)
-
-# Regular nouns, grouped by the plural rule they follow (see `plural`).
-NOUNS = """
-cat dog hat cup pen bed map car egg pig cow hen rat jar key lid log net pan pot rug toy van
-fan pin bell bird boat bone book cake card coat drum duck flag frog gate gift girl goat hand
-hill kite lamp lion nest note pear pond ring road rock rose seed ship shoe sock star tent
-tree vase wall wave apple chair cloud clock crown eagle fence field flame grape heart horse
-house lemon melon onion plate river robot snake spoon table tiger train truck whale wheel
-zebra day boy tray monkey donkey valley chimney turkey ant bee bug cab can cap cub den dot
-gem gum hut jet jug mug oar pad paw peg bag bar bin bow dam fin hog band bank barn beak bean
-belt bike boot bowl bulb cape cart cave cent chin clam coin comb cone cord crab crib crow
-cube dart dime disk dock doll dome dove dune film fist flea gear germ gown hawk hook hose
-jeep knot lamb lane lock mast mint mole nail page pail pill pipe plum pole pool pump raft
-rail rake reed robe roof room root sail seal seat shed sign silo sink slug sofa stem step
-swan tank tile toad tool tube vest vine wand wasp worm badge cabin camel canoe cedar cliff
-crane diner flute gecko ghost glove igloo kayak koala ladle lemur llama maple medal nurse
-otter panda pearl pedal plank raven ruler scarf shark skirt sloth spear squid stamp stick
-stone straw tulip tunic wagon jockey trolley alley jersey journey ray bay jay essay highway
-holiday runway subway birthday box fox bus glass dress class kiss cross bench beach coach
-couch inch lunch match patch peach watch witch church torch brush dish wish bush flash ditch
-sketch branch ranch pouch sandwich wrench splash boss bunch compass crutch fax hatch latch
-leash lens mass moss notch pass punch rash sash stitch switch tax trench virus circus speech
-ostrich marsh lash blush thrush city baby lady party story puppy berry cherry penny pony
-body copy fly spy army candy daisy diary duty enemy family hobby jelly lily ruby study
-library factory country bunny pantry battery bakery memory lorry poppy fairy ferry jury
-trophy pastry kitty lobby sky belly tummy jetty cavity colony county galaxy nursery
-""".split()  # noqa: SIM905 (a word list reads better as text)
-
-# Regular verbs that do not double their last consonant (see `past_tense`).
-VERBS = """
-walk jump play talk help look open paint pull push rain kick pick pack cook clean climb
-count fill fix mix end start want wash wish work yell learn listen laugh melt park print
-rest roll sail shout sort spell turn visit wait watch float burn call check crawl dream
-enjoy stay obey pray spray delay destroy annoy employ guard hunt lift mark need order plant
-point pour reach remain repeat return touch treat trust fetch answer enter offer act add ask
-bark beam boil bump camp chew cough crash crush dash drift droop dust earn fail farm fear
-fish flash fold form frown gasp greet grill growl guess honk howl knock land lick link load
-lock mend miss moan peel pump punch rush scold scream seem shift sigh snack snort squeak
-stamp steer stitch sulk swirl thank toast trick twist warn weed whisk wink yawn zoom bake
-smile dance close like love move hope live joke race share skate smoke taste wave bounce
-chase decide arrive believe care change compare escape hate invite measure name notice place
-prepare promise rescue score serve slice sneeze squeeze tickle trace use wipe whistle agree
-tie admire blame breathe bubble cause chuckle crumble cure dare dine doze excite explore
-fade file fire giggle glide graze guide hike ignore improve include juggle mumble nibble
-pause pile praise pose prove raise rattle recycle rhyme rule save scare shave snore sparkle
-stare store stroke struggle tackle tease tire trade tumble type vote wade wobble wrinkle cry
-try carry study hurry marry copy worry reply fry dry bury apply tidy empty envy pity deny
-rely supply spy multiply identify satisfy terrify vary occupy ferry magnify notify purify
-qualify scurry simplify verify clarify classify glorify justify modify specify
-""".split()  # noqa: SIM905 (a word list reads better as text)
-
-# Words whose misspellings the spelling family corrects.
-SPELLING_WORDS = """
-friend people school answer garden letter pencil summer winter yellow orange purple doctor
-flower mother father sister little animal basket bottle button candle castle dinner forest
-island jacket kitten ladder
-""".split()  # noqa: SIM905 (a word list reads better as text)
-
-# Parts of made-up words. Verbs end in a consonant cluster, a long vowel and a consonant,
-# a silent e or a y, never a short vowel and one consonant (which would double: stopped).
-ONSETS = """
-b c d f g h j k l m n p r s t v w bl br cl cr dr fl fr gl gr pl pr sl sn sp st sw tr
-""".split()  # noqa: SIM905 (a word list reads better as text)
-CLUSTERS = """
-ck ft ld lk lp lt mp nd nk nt rd rk rm rn rt sk sp st
-""".split()  # noqa: SIM905 (a word list reads better as text)
-SHORT_VOWELS = ["a", "e", "i", "o", "u"]
-LONG_VOWELS = ["ai", "ea", "ee", "oa", "oo"]
-CONSONANTS = ["b", "d", "g", "k", "l", "m", "n", "p", "r", "t"]
-SIBILANTS = ["ch", "sh", "ss", "x"]  # nouns ending so take -es
 
 ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 TEENS = ["ten", "eleven", "twelve", "thirteen", "fourteen"]
@@ -196,10 +119,10 @@ PHRASES = {
         "Write this verb in the past tense",
         "What is the past tense of this verb",
     ),
-    "spelling": (
-        "Correct the spelling of this word",
-        "Fix the misspelled word",
-        "Write this word with the correct spelling",
+    "compare": (
+        "Which of these two numbers is larger",
+        "Give the bigger of these two numbers",
+        "Pick the greater number",
     ),
     "next_number": (
         "What number comes after this one",
@@ -212,24 +135,6 @@ PHRASES = {
         "How is this number written in words",
     ),
 }
-
-
-def plural(noun: str) -> str:
-    """The regular English plural: -es after s/x/z/ch/sh, -ies after consonant + y."""
-    if noun.endswith(("s", "x", "z", "ch", "sh")):
-        return noun + "es"
-    if noun.endswith("y") and noun[-2] not in "aeiou":
-        return noun[:-1] + "ies"
-    return noun + "s"
-
-
-def past_tense(verb: str) -> str:
-    """The regular past tense, for verbs that do not double their last consonant."""
-    if verb.endswith("e"):
-        return verb + "d"
-    if verb.endswith("y") and verb[-2] not in "aeiou":
-        return verb[:-1] + "ied"
-    return verb + "ed"
 
 
 def number_words(n: int) -> str:
@@ -245,113 +150,90 @@ def number_words(n: int) -> str:
     return TENS[tens] if ones == 0 else f"{TENS[tens]}-{ONES[ones]}"
 
 
-def misspellings(word: str) -> list[str]:
-    """One-edit typos that keep the first letter: swapped neighbours, a dropped or doubled letter."""
-    typos = []
-    for i in range(1, len(word) - 1):
-        if word[i] != word[i + 1]:
-            typos.append(word[:i] + word[i + 1] + word[i] + word[i + 2 :])
-    for i in range(1, len(word)):
-        typos.append(word[:i] + word[i + 1 :])
-        typos.append(word[:i] + word[i] + word[i:])
-    return list(dict.fromkeys(typos))
+# Domains: each makes its items (keys) with the class each belongs to, and groups them by
+# what determines their answers; the groups are split into train, test and val pools.
 
 
-def _pseudo_words(
-    rng: random.Random, count: int, endings: Callable[[random.Random], str], max_len: int
-) -> list[str]:
-    """`count` distinct made-up words (onset + vowel + ending) that are no real listed word."""
-    real = set(WORDS) | set(NOUNS) | set(VERBS) | set(SPELLING_WORDS)
-    words: dict[str, None] = {}
-    while len(words) < count:
-        word = rng.choice(ONSETS) + endings(rng)
-        if 3 <= len(word) <= max_len and word not in real:
-            words[word] = None
-    return list(words)
+@dataclass(frozen=True)
+class Domain:
+    """Items of one kind: `make` gives {key: class}; `unit` names a key's hold-out group."""
+
+    make: Callable[[random.Random], dict[str, str]]
+    unit: Callable[[str], str] = lambda key: key
 
 
-def _letters_ending(rng: random.Random) -> str:
-    return rng.choice(SHORT_VOWELS) + rng.choice(CLUSTERS + CONSONANTS + [""])
+def _words(rng: random.Random) -> dict[str, str]:
+    made_up = pseudo_words(rng, PSEUDO_WORDS, letters_word, lambda w: 3 <= len(w) <= 5)
+    return {word: str(len(word)) for word in WORDS + made_up}
 
 
-def _noun_ending(rng: random.Random) -> str:
-    vowel = rng.choice(SHORT_VOWELS)
-    return vowel + rng.choice(
-        [
-            rng.choice(CLUSTERS),
-            rng.choice(CONSONANTS),
-            rng.choice(SIBILANTS),
-            rng.choice(CONSONANTS) + "y",
-            rng.choice(["ay", "ey", "oy"]),
-        ]
-    )
+def _classed(
+    real: list[str], makers: dict, classify: Callable[[str], str], max_len: int
+) -> Callable[[random.Random], dict[str, str]]:
+    def make(rng: random.Random) -> dict[str, str]:
+        keys = {word: classify(word) for word in real}
+        for kind, maker in makers.items():
+            for word in pseudo_words(
+                rng,
+                PSEUDO_PER_CLASS,
+                maker,
+                lambda w, kind=kind: classify(w) == kind and 3 <= len(w) <= max_len,
+            ):
+                keys[word] = kind
+        return keys
+
+    return make
 
 
-def _verb_ending(rng: random.Random) -> str:
-    return rng.choice(
-        [
-            rng.choice(SHORT_VOWELS) + rng.choice(CLUSTERS),
-            rng.choice(LONG_VOWELS) + rng.choice(CONSONANTS),
-            rng.choice(SHORT_VOWELS) + rng.choice(CONSONANTS) + "e",
-            rng.choice(SHORT_VOWELS) + rng.choice(CONSONANTS) + "y",
-            rng.choice(["ay", "ey", "oy"]),
-        ]
-    )
+def _digit_sets(rng: random.Random) -> dict[str, str]:
+    """Every set of 3-6 distinct digits (792 of them), each digit one token to compare."""
+    sets = (c for n in (3, 4, 5, 6) for c in itertools.combinations(range(10), n))
+    return {",".join(map(str, c)): str(len(c)) for c in sets}
 
 
-# Made-up training words per domain: letters to reverse and sort, nouns, verbs. (Word lists
-# with made-up words were tried for first_last and did not help: BENCHMARKS.md, Demo.)
-PSEUDO_DOMAINS: dict[str, Callable[[random.Random], list[str]]] = {
-    "word": lambda rng: _pseudo_words(rng, PSEUDO_WORDS_PER_DOMAIN, _letters_ending, 5),
-    "noun": lambda rng: _pseudo_words(rng, PSEUDO_WORDS_PER_DOMAIN, _noun_ending, 7),
-    "verb": lambda rng: _pseudo_words(rng, PSEUDO_WORDS_PER_DOMAIN, _verb_ending, 7),
-}
-
-
-# Domains: each yields the canonical keys of its items; the keys are split once into
-# pools, so families sharing a domain never train on another family's held-out item.
-
-
-def _digit_sets(rng: random.Random) -> list[str]:
-    """Every set of 3-5 distinct digits (582 of them), each digit one token to compare."""
-    return [",".join(map(str, c)) for n in (3, 4, 5) for c in itertools.combinations(range(10), n)]
-
-
-def _word_lists(rng: random.Random) -> list[str]:
-    keys: dict[str, None] = {}
+def _word_lists(rng: random.Random) -> dict[str, str]:
+    keys: dict[str, str] = {}
     while len(keys) < 6000:
-        keys[",".join(sorted(rng.sample(WORDS, rng.randint(2, 5))))] = None
-    return list(keys)
+        words = sorted(rng.sample(WORDS, rng.randint(2, 5)))
+        keys[",".join(words)] = str(len(words))
+    return keys
 
 
-def _typos(rng: random.Random) -> list[str]:
-    real = set(WORDS) | set(NOUNS) | set(VERBS) | set(SPELLING_WORDS)
-    sources: dict[str, list[str]] = {}
-    for word in SPELLING_WORDS:
-        for typo in misspellings(word):
-            sources.setdefault(typo, []).append(word)
-    return [typo for typo, words in sources.items() if len(words) == 1 and typo not in real]
+def _pairs(rng: random.Random) -> dict[str, str]:
+    """Pairs of 3-digit numbers, classed by the digit where they first differ."""
+    keys: dict[str, str] = {}
+    for position in range(3):
+        made = 0
+        while made < 3000:
+            a = rng.randint(100, 999)
+            digits = list(str(a))
+            digits[position] = rng.choice([d for d in "0123456789" if d != digits[position]])
+            digits[position + 1 :] = [rng.choice("0123456789") for _ in digits[position + 1 :]]
+            b = int("".join(digits))
+            key = ",".join(map(str, sorted((a, b))))
+            if b >= 100 and key not in keys:
+                keys[key] = str(position)
+                made += 1
+    return keys
 
 
-DOMAINS: dict[str, Callable[[random.Random], list[str]]] = {
-    "word": lambda rng: list(WORDS),
-    "numbers": _digit_sets,
-    "word_list": _word_lists,
-    "noun": lambda rng: list(NOUNS),
-    "verb": lambda rng: list(VERBS),
-    "typo": _typos,
-    "number": lambda rng: [str(n) for n in range(1000)],
-    "count_to": lambda rng: [str(n) for n in range(1000)],
+DOMAINS: dict[str, Domain] = {
+    "word": Domain(_words, unit=lambda key: "".join(sorted(key))),  # anagrams together
+    "numbers": Domain(_digit_sets),
+    "word_list": Domain(_word_lists),
+    "noun": Domain(_classed(NOUNS + VES_NOUNS + MAN_NOUNS, NOUN_MAKERS, plural_class, 9)),
+    "verb": Domain(_classed(VERBS + DOUBLING_VERBS + IRREGULAR_VERBS, VERB_MAKERS, past_class, 7)),
+    "number": Domain(lambda rng: {str(n): "" for n in range(1000)}),
+    "count_to": Domain(lambda rng: {str(n): str(n % 10 == 9) for n in range(10000)}),
+    "pair": Domain(_pairs),
 }
 
 # Domains whose keys are the same kind of thing: plain words, whole numbers.
 SHARED_KEYS = (("word", "noun", "verb"), ("number", "count_to"))
 
-_TYPO_SOURCE = {typo: word for word in SPELLING_WORDS for typo in misspellings(word)}
 
-
-# Families render a key as (phrase, item text, answer); the rng picks the phrasing and
-# the order in which a set is shown.
+# Families render a key as (phrase, item text, answer); `variant` picks which way a
+# two-way question is asked, the rng the phrasing and the order in which a set is shown.
 
 
 def _spaced(word: str) -> str:
@@ -364,53 +246,53 @@ def _shown(key: str, rng: random.Random) -> list[str]:
     return items
 
 
-def _reverse(key: str, rng: random.Random) -> tuple[str, str, str]:
+def _reverse(key: str, rng: random.Random, variant: str) -> tuple[str, str, str]:
     return rng.choice(PHRASES["reverse"]), _spaced(key), _spaced(key[::-1])
 
 
-def _sort_letters(key: str, rng: random.Random) -> tuple[str, str, str]:
+def _sort_letters(key: str, rng: random.Random, variant: str) -> tuple[str, str, str]:
     return rng.choice(PHRASES["sort_letters"]), _spaced(key), _spaced("".join(sorted(key)))
 
 
-def _sort(key: str, rng: random.Random) -> tuple[str, str, str]:
+def _sort(key: str, rng: random.Random, variant: str) -> tuple[str, str, str]:
     return rng.choice(PHRASES["sort"]), ", ".join(_shown(key, rng)), key.replace(",", ", ")
 
 
-def _extreme(key: str, rng: random.Random) -> tuple[str, str, str]:
-    which = rng.choice(["largest", "smallest"])
+def _extreme(key: str, rng: random.Random, variant: str) -> tuple[str, str, str]:
     numbers = [int(n) for n in key.split(",")]
-    answer = max(numbers) if which == "largest" else min(numbers)
-    return rng.choice(PHRASES[which]), ", ".join(_shown(key, rng)), str(answer)
+    answer = max(numbers) if variant == "largest" else min(numbers)
+    return rng.choice(PHRASES[variant]), ", ".join(_shown(key, rng)), str(answer)
 
 
-def _count(key: str, rng: random.Random) -> tuple[str, str, str]:
+def _count(key: str, rng: random.Random, variant: str) -> tuple[str, str, str]:
     words = _shown(key, rng)
     return rng.choice(PHRASES["count"]), ", ".join(words), str(len(words))
 
 
-def _pick(key: str, rng: random.Random) -> tuple[str, str, str]:
-    which = rng.choice(["first", "last"])
+def _pick(key: str, rng: random.Random, variant: str) -> tuple[str, str, str]:
     words = _shown(key, rng)
-    return rng.choice(PHRASES[which]), ", ".join(words), words[0 if which == "first" else -1]
+    return rng.choice(PHRASES[variant]), ", ".join(words), words[0 if variant == "first" else -1]
 
 
-def _plural(key: str, rng: random.Random) -> tuple[str, str, str]:
+def _plural(key: str, rng: random.Random, variant: str) -> tuple[str, str, str]:
     return rng.choice(PHRASES["plural"]), key, plural(key)
 
 
-def _past_tense(key: str, rng: random.Random) -> tuple[str, str, str]:
+def _past_tense(key: str, rng: random.Random, variant: str) -> tuple[str, str, str]:
     return rng.choice(PHRASES["past_tense"]), key, past_tense(key)
 
 
-def _spelling(key: str, rng: random.Random) -> tuple[str, str, str]:
-    return rng.choice(PHRASES["spelling"]), key, _TYPO_SOURCE[key]
+def _compare(key: str, rng: random.Random, variant: str) -> tuple[str, str, str]:
+    small, large = key.split(",")
+    shown = (large, small) if variant == "larger first" else (small, large)
+    return rng.choice(PHRASES["compare"]), " or ".join(shown), large
 
 
-def _next_number(key: str, rng: random.Random) -> tuple[str, str, str]:
+def _next_number(key: str, rng: random.Random, variant: str) -> tuple[str, str, str]:
     return rng.choice(PHRASES["next_number"]), key, str(int(key) + 1)
 
 
-def _number_words(key: str, rng: random.Random) -> tuple[str, str, str]:
+def _number_words(key: str, rng: random.Random, variant: str) -> tuple[str, str, str]:
     return rng.choice(PHRASES["number_words"]), key, number_words(int(key))
 
 
@@ -420,36 +302,42 @@ class Family:
 
     name: str
     domain: str
-    render: Callable[[str, random.Random], tuple[str, str, str]]
-    # Groups a train key by the answer it teaches, so training covers every group.
-    stratum: Callable[[str], str] = lambda key: ""
+    render: Callable[[str, random.Random, str], tuple[str, str, str]]
+    variants: tuple[str, ...] = ("",)
+    """The ways a question is asked; held-out records take them in turn."""
 
 
 FAMILIES: tuple[Family, ...] = (
     Family("reverse", "word", _reverse),
     Family("sort_letters", "word", _sort_letters),
     Family("sort", "numbers", _sort),
-    Family("largest_smallest", "numbers", _extreme),
+    Family("largest_smallest", "numbers", _extreme, ("largest", "smallest")),
     Family("count", "word_list", _count),
-    Family("first_last", "word_list", _pick),
+    Family("first_last", "word_list", _pick, ("first", "last")),
     Family("plural", "noun", _plural),
     Family("past_tense", "verb", _past_tense),
-    Family("spelling", "typo", _spelling, stratum=_TYPO_SOURCE.__getitem__),
+    Family("compare", "pair", _compare, ("larger first", "larger last")),
     Family("next_number", "count_to", _next_number),
     Family("number_words", "number", _number_words),
 )
 FAMILY_NAMES = tuple(family.name for family in FAMILIES)
+_FAMILY = {family.name: family for family in FAMILIES}
+
+
+def item_text(record: dict) -> str:
+    """The item a record asks about, as shown: its input, or what follows the phrase."""
+    return record["input"] or record["instruction"].rsplit(": ", 1)[1]
 
 
 def canonical_item(family: str, item: str) -> str:
     """The domain key of an item as shown in a record, e.g. 'c a t' -> 'word:cat'."""
-    domain = next(f.domain for f in FAMILIES if f.name == family)
+    domain = _FAMILY[family].domain
     if domain == "word":
         key = item.replace(" ", "").lower()
-    elif domain == "numbers":
-        key = ",".join(sorted(item.replace(" ", "").split(",")))
-    elif domain == "word_list":
-        key = ",".join(sorted(word.strip() for word in item.split(",")))
+    elif domain in ("numbers", "word_list"):
+        key = ",".join(sorted(part.strip() for part in item.split(",")))
+    elif domain == "pair":
+        key = ",".join(sorted((part.strip() for part in item.split(" or ")), key=int))
     else:
         key = item.strip()
     return f"{domain}:{key}"
@@ -457,31 +345,62 @@ def canonical_item(family: str, item: str) -> str:
 
 def underlying_item(record: dict) -> str:
     """The domain key of a built-in record's item, to check splits share no item."""
-    item = record["input"] or record["instruction"].rsplit(": ", 1)[1]
-    return canonical_item(record["family"], item)
+    return canonical_item(record["family"], item_text(record))
 
 
-def _pools(domain: str, seed: int) -> tuple[list[str], list[str], list[str]]:
-    """Split a domain's keys once into (train, test, val) pools; its families share them."""
-    rng = random.Random(f"{seed}:domain:{domain}")
-    keys = DOMAINS[domain](rng)
+def answer_key(record: dict) -> str:
+    """What determines a record's answer, from the record alone: the word's sorted letters
+    for sort_letters (anagrams have one answer), else the item itself (its letters, its set
+    of numbers or words, the word inflected, the number, the pair). Held-out records never
+    share it with a training record of their family."""
+    item = underlying_item(record)
+    if record["family"] == "sort_letters":
+        return "letters:" + "".join(sorted(item.split(":", 1)[1]))
+    return item
+
+
+def _stratified(units: dict[str, list[str]], classes: dict[str, str], n: int) -> list[str]:
+    """n units taken in turn from each class (classes in sorted order), removed from `units`."""
+    by_class: dict[str, list[str]] = {}
+    for unit, keys in units.items():
+        by_class.setdefault(classes[keys[0]], []).append(unit)
+    queues = [by_class[kind] for kind in sorted(by_class)]
+    order = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+    taken = order[:n]
+    for unit in taken:
+        del units[unit]
+    return taken
+
+
+def _split_domain(name: str, seed: int) -> tuple[dict[str, str], list[str], list[str]]:
+    """A domain's ({train key: class}, test keys, val keys): whole units, balanced by class."""
+    domain = DOMAINS[name]
+    rng = random.Random(f"{seed}:domain:{name}")
+    classes = domain.make(rng)
+    keys = list(classes)
     rng.shuffle(keys)
-    n_held = TEST_PER_FAMILY + VAL_PER_FAMILY
-    return keys[n_held:], keys[:TEST_PER_FAMILY], keys[TEST_PER_FAMILY:n_held]
+    units: dict[str, list[str]] = {}
+    for key in keys:
+        units.setdefault(domain.unit(key), []).append(key)
+    groups = {unit: list(members) for unit, members in units.items()}
+    test = [groups[unit][0] for unit in _stratified(units, classes, TEST_PER_FAMILY)]
+    val = [groups[unit][0] for unit in _stratified(units, classes, VAL_PER_FAMILY)]
+    train = {key: classes[key] for members in units.values() for key in members}
+    return train, test, val
 
 
-def _train_keys(family: Family, pool: list[str], rng: random.Random) -> list[str]:
-    """TRAIN_PER_FAMILY keys, distinct while the pool lasts, taken round-robin over strata."""
-    strata: dict[str, list[str]] = {}
-    for key in rng.sample(pool, len(pool)):
-        strata.setdefault(family.stratum(key), []).append(key)
-    groups = list(strata.values())
-    order = [group[i] for i in range(max(map(len, groups))) for group in groups if i < len(group)]
-    return [order[i % len(order)] for i in range(TRAIN_PER_FAMILY)]
+def _train_keys(pool: dict[str, str], rng: random.Random) -> list[str]:
+    """TRAIN_PER_FAMILY keys taken in turn from each class, so every class trains as often;
+    distinct while a class lasts, then its keys again."""
+    by_class: dict[str, list[str]] = {}
+    for key in rng.sample(list(pool), len(pool)):
+        by_class.setdefault(pool[key], []).append(key)
+    cycles = [itertools.cycle(by_class[kind]) for kind in sorted(by_class)]
+    return [next(cycles[i % len(cycles)]) for i in range(TRAIN_PER_FAMILY)]
 
 
-def _record(family: Family, key: str, rng: random.Random, split: str) -> dict:
-    phrase, item, output = family.render(key, rng)
+def _record(family: Family, key: str, rng: random.Random, split: str, variant: str) -> dict:
+    phrase, item, output = family.render(key, rng, variant)
     if rng.random() < INPUT_FRACTION:
         instruction, input_text = (
             phrase + ("?" if phrase.startswith(("What", "Which", "How")) else "."),
@@ -499,31 +418,26 @@ def _record(family: Family, key: str, rng: random.Random, split: str) -> dict:
 
 
 def builtin_splits(seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
-    """(train, test, val) records, the same for the same seed; test and val items never train."""
-    pools = {domain: _pools(domain, seed) for domain in DOMAINS}
-    # A word held out as a noun or verb must not train as letters to reverse, and so on.
+    """(train, test, val) records, the same for the same seed; what determines a test or val
+    answer never trains in its family."""
+    pools = {name: _split_domain(name, seed) for name in DOMAINS}
+    # A word held out as a noun or verb does not train as letters to reverse, and so on.
     for group in SHARED_KEYS:
-        held_out = {key for d in group for key in pools[d][1] + pools[d][2]}
-        for domain in group:
-            train_pool, test_pool, val_pool = pools[domain]
-            pools[domain] = [k for k in train_pool if k not in held_out], test_pool, val_pool
-    for domain, make in PSEUDO_DOMAINS.items():
-        train_pool, test_pool, val_pool = pools[domain]
-        pools[domain] = (
-            train_pool + make(random.Random(f"{seed}:pseudo:{domain}")),
-            test_pool,
-            val_pool,
-        )
+        held_out = {key for name in group for key in pools[name][1] + pools[name][2]}
+        for name in group:
+            train_pool, test_pool, val_pool = pools[name]
+            kept = {key: kind for key, kind in train_pool.items() if key not in held_out}
+            pools[name] = kept, test_pool, val_pool
     train, test, val = [], [], []
     for family in FAMILIES:
         rng = random.Random(f"{seed}:family:{family.name}")
         train_pool, test_pool, val_pool = pools[family.domain]
-        for key in _train_keys(family, train_pool, rng):
-            train.append(_record(family, key, rng, "train"))
-        for key in rng.sample(test_pool, TEST_PER_FAMILY):
-            test.append(_record(family, key, rng, "test"))
-        for key in rng.sample(val_pool, VAL_PER_FAMILY):
-            val.append(_record(family, key, rng, "val"))
+        for key in _train_keys(train_pool, rng):
+            train.append(_record(family, key, rng, "train", rng.choice(family.variants)))
+        for name, records, pool in (("test", test, test_pool), ("val", val, val_pool)):
+            for i, key in enumerate(rng.sample(pool, len(pool))):
+                variant = family.variants[i % len(family.variants)]
+                records.append(_record(family, key, rng, name, variant))
     order = random.Random(f"{seed}:order")
     for split in (train, test, val):
         order.shuffle(split)
@@ -547,4 +461,3 @@ def write_builtin(path: Path, seed: int = 0) -> int:
             f"cannot write the built-in dataset to {path}: {error.strerror or error}"
         ) from None
     return len(records)
-

@@ -1,0 +1,71 @@
+"""Compare demo designs on the validation split, never the test split (issue 19).
+
+Each run is the whole `instructkit demo` pipeline with `held_out="val"`: the model is scored
+on the validation records beside the same trivial baselines, and one JSON line per run is
+appended to the log (design name, plan, per-family exact match, best baseline, wall time,
+load average), so the designs compared can be counted afterwards.
+
+    python bench/demo_designs.py NAME [--steps N] [--lr LR] [--seed S] [--log FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+from instructkit import demo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name")
+    parser.add_argument("--steps", type=int, default=demo.FULL.max_steps)
+    parser.add_argument("--lr", type=float, default=demo.FULL.lr)
+    parser.add_argument("--model", default=demo.FULL.model)
+    parser.add_argument("--batch-size", type=int, default=demo.FULL.batch_size)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log", type=Path, default=Path("runs/demo_designs.jsonl"))
+    args = parser.parse_args()
+    plan = dataclasses.replace(
+        demo.FULL,
+        max_steps=args.steps,
+        lr=args.lr,
+        model=args.model,
+        batch_size=args.batch_size,
+    )
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    result = demo.run_demo(
+        f"runs/design-{args.name}",
+        overwrite=True,
+        seed=args.seed,
+        progress=False,
+        plan=plan,
+        held_out="val",
+    )
+    scores = json.loads((result.out_dir / "scores.json").read_text())
+    row = {
+        "design": args.name,
+        "plan": dataclasses.asdict(plan),
+        "seed": args.seed,
+        "split": "val",
+        "exact_match": result.trained["exact_match"],
+        "families": {f: g["exact_match"] for f, g in result.trained["groups"].items()},
+        "baselines": {f: b["best"] for f, b in scores["baselines"].items()},
+        "wall_s": round(time.perf_counter() - started, 1),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+    }
+    args.log.parent.mkdir(parents=True, exist_ok=True)
+    with args.log.open("a", encoding="utf-8") as log:
+        log.write(json.dumps(row) + "\n")
+    print(result.summary)
+    print(json.dumps(row, indent=1))
+
+
+if __name__ == "__main__":
+    main()
