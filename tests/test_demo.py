@@ -210,7 +210,6 @@ def test_second_run_goes_to_a_new_directory_with_the_same_numbers(quick_runs):
 
 
 def test_summary_is_printed(tmp_path, capsys, monkeypatch):
-    from instructkit import demo
 
     seen = {}
 
@@ -232,7 +231,6 @@ def test_summary_is_printed(tmp_path, capsys, monkeypatch):
 
 
 def test_plan_follows_precision(monkeypatch):
-    from instructkit import demo
 
     monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
     assert demo.choose_plan(False, "auto") == demo.FULL_BF16
