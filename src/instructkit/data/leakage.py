@@ -9,6 +9,7 @@ the duplicate groups of the whole file, for `data inspect` and `finetune`.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -89,21 +90,21 @@ def check_splits(
     return SplitCheck(method, splits, find_duplicates(records, fields, threshold), leaks)
 
 
-def leakage_warning(records: list[dict], method: str, seed: int, source: str) -> str | None:
+def leakage_warning(train: list[dict], test: list[dict], val: list[dict], source: str) -> str | None:
     """The one line `finetune` prints when its test or validation split repeats training
     records (a score on them measures memory), or None when none does."""
-    from instructkit.data.splits import split_records
-
-    train, test, val = split_records([comparable(r) for r in records], method, seed, source=source)
-    leaks = find_leakage(train, {"test": test, "val": val})
+    evaluation = {"test": [comparable(r) for r in test], "val": [comparable(r) for r in val]}
+    leaks = find_leakage([comparable(r) for r in train], evaluation)
     if not leaks:
         return None
-    counts = {split: sum(leak.split == split for leak in leaks) for split in ("test", "val")}
+    counts = Counter(leak.split for leak in leaks)
     return (
         f"Warning: {counts['test']} of {len(test)} test and {counts['val']} of {len(val)} "
         f"validation records nearly copy a training record; `instructkit data inspect "
         f"{source}` lists them"
     )
+
+
 def comparable(record: dict) -> dict:
     """A conversation compared as an instruction record: its user turns are the instruction,
     its system turns the input, its assistant turns the output (its split kept)."""

@@ -219,9 +219,9 @@ def setup(
     fingerprint = records_fingerprint(records)
     if resume:  # the same records, or the data position and the model are meaningless
         check_fingerprint(Path(config.out), fingerprint, config.data)
-    train_records, val_records = load_splits(config, records)
+    train_records, test_records, val_records = load_splits(config, records)
     if config.check_leakage and info.is_main:
-        warning = leakage_warning(records, config.split, config.seed, config.data)
+        warning = leakage_warning(train_records, test_records, val_records, config.data)
         if warning:
             say(warning)
     model, tokenizer, model_dropout = load_model(config, tokenizer, device, say)
@@ -270,17 +270,16 @@ def setup(
     return run
 
 
-def load_splits(config: FinetuneConfig, records: list[dict] | None) -> tuple[list, list]:
-    """The train and validation records (the test split is left for generation)."""
-    if records is None:
-        records = load_instructions(config.data)
-    train, _test, val = split_records(records, config.split, config.seed, source=config.data)
+def load_splits(config: FinetuneConfig, records: list[dict]) -> tuple[list, list, list]:
+    """The train, test and validation records (test is only checked for leakage: it is left
+    for generation)."""
+    train, test, val = split_records(records, config.split, config.seed, source=config.data)
     if not train or not val:
         raise DataError(
             f"{config.data}: the {config.split} split of {console.plural(len(records), 'record')} "
             f"leaves {len(train)} for training and {len(val)} for validation; it needs more records"
         )
-    return train, val
+    return train, test, val
 
 
 def load_model(
@@ -406,14 +405,13 @@ def use_bf16(config: FinetuneConfig, device: torch.device) -> bool:
 
 
 def precision_line(config: FinetuneConfig, device: torch.device, bf16: bool) -> str:
-    """What --precision resolved to, and why when it was 'auto'."""
-    if not bf16:
-        if config.precision == "auto" and device.type == "cpu":
-            return "Precision: fp32 (this CPU has no native bf16; --precision bf16 forces autocast)"
-        return "Precision: fp32"
-    if config.precision == "auto" and device.type == "cpu":
-        return "Precision: bf16 autocast (this CPU multiplies bf16 natively; --precision fp32 to turn it off)"
-    return "Precision: bf16 autocast"
+    """What --precision resolved to, and why when 'auto' decided on the CPU."""
+    chosen = "bf16 autocast" if bf16 else "fp32"
+    if config.precision != "auto" or device.type != "cpu":
+        return f"Precision: {chosen}"
+    if bf16:
+        return f"Precision: {chosen} (this CPU multiplies bf16 natively; --precision fp32 to turn it off)"
+    return f"Precision: {chosen} (this CPU has no native bf16; --precision bf16 forces autocast)"
 
 
 def resume_from(run: Run, checkpoint: Path) -> None:
