@@ -14,7 +14,7 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from instructkit.data.builtin import item_text
+from instructkit.data.builtin import ONES, item_text
 from instructkit.evaluate.metrics import exact_match
 
 BASELINES = ("majority", "copy", "nearest", "rule")
@@ -43,8 +43,6 @@ def _last_digit_plus_one(item: str, question: str) -> str:
 
 
 def _digit_words(item: str, question: str) -> str:
-    from instructkit.data.builtin import ONES
-
     return " ".join(ONES[int(digit)] for digit in item)
 
 
