@@ -141,6 +141,27 @@ MUTANTS = [
         f"{TRAIN_REF}::test_group_by_length_and_its_opposite_reach_the_loader",
     ),
     mutant(
+        "precision auto ignores a CPU's native bf16",
+        "train/loop.py",
+        'return device.type == "cuda" or (device.type == "cpu" and loading.cpu_has_native_bf16())',
+        'return device.type == "cuda"',
+        "tests/test_train.py::test_precision_auto_follows_the_cpus_bf16",
+    ),
+    mutant(
+        "finetune's leakage check compares the validation split twice, never the test split",
+        "data/leakage.py",
+        'evaluation = {"test": [comparable(r) for r in test], "val": [comparable(r) for r in val]}',
+        'evaluation = {"test": [comparable(r) for r in val], "val": [comparable(r) for r in val]}',
+        "tests/test_train.py::test_finetune_warns_when_test_records_copy_training_records",
+    ),
+    mutant(
+        "dpo resumes on changed pairs",
+        "train/dpo.py",
+        "        check_fingerprint(Path(config.out), fingerprint, config.data)",
+        "        pass",
+        "tests/test_cli_dpo.py::test_resume_on_changed_pairs_is_refused_and_a_diverged_run_leaves_nothing",
+    ),
+    mutant(
         "--compile ignored",
         "train/loop.py",
         "return torch.compile(objective) if config.compile else objective",
