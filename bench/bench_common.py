@@ -21,8 +21,10 @@ from torch.utils.data import DataLoader
 
 # The book's data beside the checkout; INSTRUCTKIT_BOOK_DATA points elsewhere (a device
 # machine gets only the repository, so bench/gpu_check.sh carries a copy, and the ranks).
-BOOK_DATA = Path(os.environ.get("INSTRUCTKIT_BOOK_DATA") or
-                 Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json")
+BOOK_DATA = Path(
+    os.environ.get("INSTRUCTKIT_BOOK_DATA")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json"
+)
 GPT2_RANKS = BOOK_DATA.parent / "gpt2.tiktoken"
 BATCH_SIZE = 8
 LR, WEIGHT_DECAY = 5e-5, 0.1
@@ -43,13 +45,20 @@ class Target:
         from instructkit.model import GPTConfig
 
         config = GPTConfig.preset(self.preset)
-        return {"vocab_size": config.vocab_size, "context_length": config.context_length,
-                "emb_dim": config.emb_dim, "n_heads": config.n_heads, "n_layers": config.n_layers,
-                "drop_rate": 0.0, "qkv_bias": True}
+        return {
+            "vocab_size": config.vocab_size,
+            "context_length": config.context_length,
+            "emb_dim": config.emb_dim,
+            "n_heads": config.n_heads,
+            "n_layers": config.n_layers,
+            "drop_rate": 0.0,
+            "qkv_bias": True,
+        }
 
     def autocast(self):
-        return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16,
-                              enabled=self.precision == "bf16")
+        return torch.autocast(
+            torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        )
 
     def synchronize(self) -> None:
         if torch.device(self.device).type == "cuda":
@@ -61,8 +70,10 @@ TARGET = Target()  # bench/finetune.py sets its fields from its flags before a c
 
 def book_format_input(entry: dict) -> str:
     """The book's format_input (alpaca style)."""
-    instruction = ("Below is an instruction that describes a task. Write a response that "
-                   f"appropriately completes the request.\n\n### Instruction:\n{entry['instruction']}")
+    instruction = (
+        "Below is an instruction that describes a task. Write a response that "
+        f"appropriately completes the request.\n\n### Instruction:\n{entry['instruction']}"
+    )
     input_text = f"\n\n### Input:\n{entry['input']}" if entry["input"] else ""
     return instruction + input_text
 
@@ -70,7 +81,7 @@ def book_format_input(entry: dict) -> str:
 def load_book_split() -> tuple[list[dict], list[dict], list[dict]]:
     data = json.loads(BOOK_DATA.read_text(encoding="utf-8"))
     n_train, n_test = int(len(data) * 0.85), int(len(data) * 0.1)
-    return data[:n_train], data[n_train:n_train + n_test], data[n_train + n_test:]
+    return data[:n_train], data[n_train : n_train + n_test], data[n_train + n_test :]
 
 
 def build_tokenizer():
@@ -88,13 +99,19 @@ def build_tokenizer():
 
 def model_params(shape: dict) -> int:
     """Parameters of a GPT-2 shape with a tied head (124M for gpt2-small): what 6N counts."""
-    d, layers, vocab, ctx = shape["emb_dim"], shape["n_layers"], shape["vocab_size"], shape["context_length"]
+    d, layers, vocab, ctx = (
+        shape["emb_dim"],
+        shape["n_layers"],
+        shape["vocab_size"],
+        shape["context_length"],
+    )
     per_block = 12 * d * d + 13 * d
     return vocab * d + ctx * d + layers * per_block + 2 * d
 
 
-def measure_matmul_peak(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32,
-                        device: str = "cpu") -> float:
+def measure_matmul_peak(
+    n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> float:
     """FLOP/s of a large square matmul in `dtype`: the machine's practical ceiling."""
     if torch.device(device).type == "cuda":
         n, repeats = 8192, 50  # a GPU needs a bigger problem to reach its peak
@@ -135,8 +152,13 @@ def timed_steps(batches, step: Callable[[object], int], steps: int) -> dict:
         tokens += step(batch)
         records += BATCH_SIZE
     wall = time.perf_counter() - start
-    return {"records_per_s": records / wall, "target_tokens_per_s": tokens / wall, "wall_s": wall,
-            "target_tokens": tokens, "records": records}
+    return {
+        "records_per_s": records / wall,
+        "target_tokens_per_s": tokens / wall,
+        "wall_s": wall,
+        "target_tokens": tokens,
+        "records": records,
+    }
 
 
 def shared_batches(ids: list[list[int]], grouped: bool, seed: int):
@@ -163,10 +185,16 @@ def book_contender(mask_prompt: bool, grouped: bool = False) -> Callable:
 
         def collate(batch):
             masks = [p for _, p in batch] if mask_prompt else None
-            return book_collate([i for i, _ in batch], pad_token_id=tokenizer.eos_id,
-                                allowed_max_length=1024, mask_prompt_lengths=masks)
+            return book_collate(
+                [i for i, _ in batch],
+                pad_token_id=tokenizer.eos_id,
+                allowed_max_length=1024,
+                mask_prompt_lengths=masks,
+            )
 
-        loader = DataLoader(items, batch_sampler=shared_batches(ids, grouped, seed), collate_fn=collate)
+        loader = DataLoader(
+            items, batch_sampler=shared_batches(ids, grouped, seed), collate_fn=collate
+        )
 
         def step(batch) -> int:
             inputs, targets = (t.to(TARGET.device) for t in batch)
@@ -204,28 +232,56 @@ def trl_contender(completion_only: bool, batches: str = "random") -> Callable:
             hf_tokenizer = PreTrainedTokenizerFast.from_pretrained(tmp)
         hf_tokenizer.pad_token = hf_tokenizer.eos_token
         shape = TARGET.shape
-        config = GPT2Config(vocab_size=shape["vocab_size"], n_positions=shape["context_length"],
-                            n_embd=shape["emb_dim"], n_layer=shape["n_layers"], n_head=shape["n_heads"],
-                            bos_token_id=tokenizer.eos_id, eos_token_id=tokenizer.eos_id,
-                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # as the others
+        config = GPT2Config(
+            vocab_size=shape["vocab_size"],
+            n_positions=shape["context_length"],
+            n_embd=shape["emb_dim"],
+            n_layer=shape["n_layers"],
+            n_head=shape["n_heads"],
+            bos_token_id=tokenizer.eos_id,
+            eos_token_id=tokenizer.eos_id,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )  # as the others
         model = GPT2LMHeadModel(config)
-        rows = [{"prompt": book_format_input(r) + "\n\n### Response:\n", "completion": r["output"]}
-                for r in train]
+        rows = [
+            {"prompt": book_format_input(r) + "\n\n### Response:\n", "completion": r["output"]}
+            for r in train
+        ]
         if not completion_only:
             rows = [{"text": row["prompt"] + row["completion"]} for row in rows]
-        args = SFTConfig(output_dir=tempfile.mkdtemp(), max_steps=steps + 1, per_device_train_batch_size=BATCH_SIZE,
-                         learning_rate=LR, weight_decay=WEIGHT_DECAY, lr_scheduler_type="constant",
-                         logging_steps=10_000, save_strategy="no", report_to=[],
-                         use_cpu=TARGET.device == "cpu",
-                         dataloader_drop_last=True, max_length=1024, packing=False, seed=seed,
-                         completion_only_loss=completion_only, dataset_num_proc=None,
-                         max_grad_norm=0.0,  # the Trainer clips at 1.0 by default; no one else does
-                         train_sampling_strategy="group_by_length" if batches == "hf-grouped" else "random",
-                         # TRL 1.16 defaults to bf16 autocast and gradient checkpointing, even
-                         # on CPU; every contender does the same work in the same precision.
-                         bf16=TARGET.precision == "bf16", fp16=False, gradient_checkpointing=False)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                             processing_class=hf_tokenizer)
+        args = SFTConfig(
+            output_dir=tempfile.mkdtemp(),
+            max_steps=steps + 1,
+            per_device_train_batch_size=BATCH_SIZE,
+            learning_rate=LR,
+            weight_decay=WEIGHT_DECAY,
+            lr_scheduler_type="constant",
+            logging_steps=10_000,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=TARGET.device == "cpu",
+            dataloader_drop_last=True,
+            max_length=1024,
+            packing=False,
+            seed=seed,
+            completion_only_loss=completion_only,
+            dataset_num_proc=None,
+            max_grad_norm=0.0,  # the Trainer clips at 1.0 by default; no one else does
+            train_sampling_strategy="group_by_length" if batches == "hf-grouped" else "random",
+            # TRL 1.16 defaults to bf16 autocast and gradient checkpointing, even
+            # on CPU; every contender does the same work in the same precision.
+            bf16=TARGET.precision == "bf16",
+            fp16=False,
+            gradient_checkpointing=False,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=hf_tokenizer,
+        )
         if batches != "hf-grouped":
             order = shared_batches(encode_book(train, tokenizer)[0], batches == "grouped", seed)
             flat = [index for batch in order for index in batch]
@@ -254,11 +310,16 @@ def trl_contender(completion_only: bool, batches: str = "random") -> Callable:
         trainer.train()
         # Step 0 is the warm-up; the collate of step k+1 may run before step k ends, so count
         # the tokens of the batches of the timed steps (1..steps), not of the last collated.
-        wall = sum(times[1:steps + 1])
-        tokens = sum(counts[1:steps + 1])
+        wall = sum(times[1 : steps + 1])
+        tokens = sum(counts[1 : steps + 1])
         records = steps * BATCH_SIZE
-        return {"records_per_s": records / wall, "target_tokens_per_s": tokens / wall, "wall_s": wall,
-                "target_tokens": tokens, "records": records}
+        return {
+            "records_per_s": records / wall,
+            "target_tokens_per_s": tokens / wall,
+            "wall_s": wall,
+            "target_tokens": tokens,
+            "records": records,
+        }
 
     return run
 
@@ -291,11 +352,17 @@ CONTENDERS: dict[str, Callable] = {
 LIKE_FOR_LIKE = ("book", "book-grouped", "trl", "trl-grouped", "ours-ungrouped", "ours")
 # Whom each contender is compared with: the same batching on both sides.
 REFERENCES = {
-    "book": ("book", "trl"), "book-grouped": ("book-grouped", "trl-grouped"),
-    "trl": ("book", "trl"), "trl-grouped": ("book-grouped", "trl-grouped"),
+    "book": ("book", "trl"),
+    "book-grouped": ("book-grouped", "trl-grouped"),
+    "trl": ("book", "trl"),
+    "trl-grouped": ("book-grouped", "trl-grouped"),
     "trl-hf-grouped": ("book-grouped", "trl-grouped"),
-    "ours-ungrouped": ("book", "trl"), "ours": ("book-grouped", "trl-grouped"),
-    "ours-packed": ("book-grouped", "trl-grouped"), "ours-bf16": ("book-grouped", "trl-grouped"),
-    "book-masked": ("book-masked", "trl-masked"), "trl-masked": ("book-masked", "trl-masked"),
-    "ours-masked": ("book-masked", "trl-masked"), "ours-masked-packed": ("book-masked", "trl-masked"),
+    "ours-ungrouped": ("book", "trl"),
+    "ours": ("book-grouped", "trl-grouped"),
+    "ours-packed": ("book-grouped", "trl-grouped"),
+    "ours-bf16": ("book-grouped", "trl-grouped"),
+    "book-masked": ("book-masked", "trl-masked"),
+    "trl-masked": ("book-masked", "trl-masked"),
+    "ours-masked": ("book-masked", "trl-masked"),
+    "ours-masked-packed": ("book-masked", "trl-masked"),
 }

@@ -82,8 +82,9 @@ class BookGPT(nn.Module):
         return self.out_head(self.final_norm(self.trf_blocks(x)))
 
 
-def book_collate(batch, pad_token_id=50256, ignore_index=-100, allowed_max_length=None,
-                 mask_prompt_lengths=None):
+def book_collate(
+    batch, pad_token_id=50256, ignore_index=-100, allowed_max_length=None, mask_prompt_lengths=None
+):
     """The book's custom_collate_fn: a Python loop over the items of the batch."""
     batch_max_length = max(len(item) + 1 for item in batch)
     inputs_lst, targets_lst = [], []
@@ -111,8 +112,13 @@ def calc_loss_batch(inputs: torch.Tensor, targets: torch.Tensor, model: nn.Modul
 
 
 @torch.no_grad()
-def generate_book(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, context_size: int,
-                  eos_id: int | None = None) -> torch.Tensor:
+def generate_book(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    context_size: int,
+    eos_id: int | None = None,
+) -> torch.Tensor:
     """Greedy decoding that runs the whole context through the model for every token."""
     for _ in range(max_new_tokens):
         logits = model(idx[:, -context_size:])[:, -1, :]

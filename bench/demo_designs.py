@@ -27,6 +27,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=demo.FULL.lr)
     parser.add_argument("--model", default=demo.FULL.model)
     parser.add_argument("--batch-size", type=int, default=demo.FULL.batch_size)
+    parser.add_argument("--vocab-size", type=int, default=demo.FULL.vocab_size)
+    parser.add_argument(
+        "--word-pieces", action=argparse.BooleanOptionalAction, default=demo.FULL.word_pieces
+    )
+    parser.add_argument("--row-length", type=int, default=demo.FULL.row_length)
+    parser.add_argument("--warmup-steps", type=int, default=demo.FULL.warmup_steps)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log", type=Path, default=Path("runs/demo_designs.jsonl"))
     args = parser.parse_args()
@@ -36,6 +42,10 @@ def main() -> None:
         lr=args.lr,
         model=args.model,
         batch_size=args.batch_size,
+        vocab_size=args.vocab_size,
+        word_pieces=args.word_pieces,
+        row_length=args.row_length,
+        warmup_steps=args.warmup_steps,
     )
     load_before = os.getloadavg()
     started = time.perf_counter()

@@ -64,17 +64,30 @@ def run_contender(name: str, steps: int, seed: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per contender run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each contender, interleaved")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--steps", type=int, default=8, help="timed optimizer steps per contender run"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each contender, interleaved"
+    )
     parser.add_argument("--seed", type=int, default=123)
-    parser.add_argument("--only", default=",".join(LIKE_FOR_LIKE),
-                        help=f"comma-separated contenders, of: {', '.join(CONTENDERS)}")
+    parser.add_argument(
+        "--only",
+        default=",".join(LIKE_FOR_LIKE),
+        help=f"comma-separated contenders, of: {', '.join(CONTENDERS)}",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU comparison")
     parser.add_argument("--preset", default="gpt2-small", help="model shape (instructkit preset)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="every contender's precision (bf16: autocast)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="every contender's precision (bf16: autocast)",
+    )
     parser.add_argument("--contender", help=argparse.SUPPRESS)  # internal: run one in-process
     args = parser.parse_args()
     if not BOOK_DATA.exists():
@@ -93,10 +106,14 @@ def main() -> int:
     peaks = matmul_peaks(args.device)
     for dtype, peak in peaks.items():
         shown = f"{peak / 1e9:.1f} GFLOP/s" if peak else "not measured (emulated bf16: hours)"
-        print(f"{dtype} matmul peak on {args.device}: {shown} ({torch.get_num_threads()} CPU threads)",
-              flush=True)
-    print(f"model {args.preset} ({model_params(TARGET.shape) / 1e6:.1f}M parameters), {args.precision}, "
-          f"{args.steps} timed steps x {args.repeats} repeats; load average {os.getloadavg()[0]:.2f}")
+        print(
+            f"{dtype} matmul peak on {args.device}: {shown} ({torch.get_num_threads()} CPU threads)",
+            flush=True,
+        )
+    print(
+        f"model {args.preset} ({model_params(TARGET.shape) / 1e6:.1f}M parameters), {args.precision}, "
+        f"{args.steps} timed steps x {args.repeats} repeats; load average {os.getloadavg()[0]:.2f}"
+    )
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for repeat in range(args.repeats):
         for name in names:
@@ -104,17 +121,31 @@ def main() -> int:
             if result is None:
                 continue
             peak = peaks["bf16" if args.precision == "bf16" or "bf16" in name else "fp32"]
-            result["mfu"] = result["target_tokens_per_s"] * 6 * model_params(TARGET.shape) / peak if peak else 0.0
+            result["mfu"] = (
+                result["target_tokens_per_s"] * 6 * model_params(TARGET.shape) / peak
+                if peak
+                else 0.0
+            )
             runs[name].append(result)
-            print(f"[{repeat + 1}/{args.repeats}] {name:>16}: {result['target_tokens_per_s']:.1f} tok/s  "
-                  f"{result['records_per_s']:.2f} rec/s  MFU {result['mfu']:.2f}  "
-                  f"RSS {result['peak_rss_mb']:.0f} MB  ({result['target_tokens']} targets)", flush=True)
+            print(
+                f"[{repeat + 1}/{args.repeats}] {name:>16}: {result['target_tokens_per_s']:.1f} tok/s  "
+                f"{result['records_per_s']:.2f} rec/s  MFU {result['mfu']:.2f}  "
+                f"RSS {result['peak_rss_mb']:.0f} MB  ({result['target_tokens']} targets)",
+                flush=True,
+            )
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     print_table(runs)
     if args.json:
-        setup = {"device": args.device, "preset": args.preset, "precision": args.precision,
-                 "steps": args.steps, "repeats": args.repeats}
-        args.json.write_text(json.dumps({"peak_flops": peaks, "setup": setup, "runs": runs}, indent=2))
+        setup = {
+            "device": args.device,
+            "preset": args.preset,
+            "precision": args.precision,
+            "steps": args.steps,
+            "repeats": args.repeats,
+        }
+        args.json.write_text(
+            json.dumps({"peak_flops": peaks, "setup": setup, "runs": runs}, indent=2)
+        )
     return 0
 
 
@@ -123,16 +154,33 @@ def matmul_peaks(device: str) -> dict[str, float | None]:
     from instructkit.loading import cpu_has_native_bf16
 
     native_bf16 = torch.device(device).type == "cuda" or cpu_has_native_bf16()
-    return {"fp32": measure_matmul_peak(dtype=torch.float32, device=device),
-            "bf16": measure_matmul_peak(dtype=torch.bfloat16, device=device) if native_bf16 else None}
+    return {
+        "fp32": measure_matmul_peak(dtype=torch.float32, device=device),
+        "bf16": measure_matmul_peak(dtype=torch.bfloat16, device=device) if native_bf16 else None,
+    }
 
 
 def run_in_process(name: str, args: argparse.Namespace, seed: int) -> dict | None:
     proc = subprocess.run(
-        [sys.executable, __file__, "--contender", name, "--steps", str(args.steps),
-         "--seed", str(seed), "--device", args.device, "--preset", args.preset,
-         "--precision", args.precision],
-        check=False, capture_output=True, text=True,
+        [
+            sys.executable,
+            __file__,
+            "--contender",
+            name,
+            "--steps",
+            str(args.steps),
+            "--seed",
+            str(seed),
+            "--device",
+            args.device,
+            "--preset",
+            args.preset,
+            "--precision",
+            args.precision,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
     )
     if proc.returncode != 0:
@@ -151,7 +199,9 @@ def spread(values: list[float], digits: int = 1) -> str:
 def print_table(runs: dict[str, list[dict]]) -> None:
     """Medians over the repeats; a ratio is of medians, with the spread of the per-repeat
     ratios (repeat k of one contender against repeat k of the other) beside it."""
-    print("\n| contender | real target tokens/s | records/s | peak RSS MB | MFU | vs book | vs TRL |")
+    print(
+        "\n| contender | real target tokens/s | records/s | peak RSS MB | MFU | vs book | vs TRL |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, results in runs.items():
         if not results:
@@ -163,13 +213,22 @@ def print_table(runs: dict[str, list[dict]]) -> None:
             if not others:
                 ratios.append("-")
                 continue
-            paired = [a["target_tokens_per_s"] / b["target_tokens_per_s"] for a, b in zip(results, others)]
-            median = statistics.median(tokens) / statistics.median(r["target_tokens_per_s"] for r in others)
-            ratios.append(f"{median:.2f}x" + (f" ({min(paired):.2f}-{max(paired):.2f})" if len(paired) > 1 else ""))
+            paired = [
+                a["target_tokens_per_s"] / b["target_tokens_per_s"] for a, b in zip(results, others)
+            ]
+            median = statistics.median(tokens) / statistics.median(
+                r["target_tokens_per_s"] for r in others
+            )
+            ratios.append(
+                f"{median:.2f}x"
+                + (f" ({min(paired):.2f}-{max(paired):.2f})" if len(paired) > 1 else "")
+            )
         ratios += ["-"] * (2 - len(ratios))
-        print(f"| {name} | {spread(tokens)} | {spread([r['records_per_s'] for r in results], 2)} | "
-              f"{max(r['peak_rss_mb'] for r in results):.0f} | {spread([r['mfu'] for r in results], 2)} | "
-              f"{ratios[0]} | {ratios[1]} |")
+        print(
+            f"| {name} | {spread(tokens)} | {spread([r['records_per_s'] for r in results], 2)} | "
+            f"{max(r['peak_rss_mb'] for r in results):.0f} | {spread([r['mfu'] for r in results], 2)} | "
+            f"{ratios[0]} | {ratios[1]} |"
+        )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,13 @@ import torch.nn.functional as F
 
 # (name, M, K, N) of y = x @ W^T for gpt2-small with `tokens` rows: qkv, attention out,
 # MLP up, MLP down, and a quarter of the 50,257-row head.
-LAYERS = (("qkv", 768, 2304), ("attn out", 768, 768), ("mlp up", 768, 3072),
-          ("mlp down", 3072, 768), ("head/4", 768, 12564))
+LAYERS = (
+    ("qkv", 768, 2304),
+    ("attn out", 768, 768),
+    ("mlp up", 768, 3072),
+    ("mlp down", 3072, 768),
+    ("head/4", 768, 12564),
+)
 
 
 def rate(function: Callable[[], object], flops: float, repeats: int) -> float:
@@ -49,12 +54,19 @@ def gemm_rates(m: int, k: int, n: int, repeats: int) -> dict[str, float]:
     flops = 2 * m * k * n
     mkl = rate(lambda: F.linear(x, w), flops, repeats)
     onednn = rate(lambda: torch._C._nn.mkldnn_linear(x_blocked, w_blocked, None), flops, repeats)
-    converted = rate(lambda: torch._C._nn.mkldnn_linear(x.to_mkldnn(), w_blocked, None).to_dense(),
-                     flops, repeats)
-    difference = (F.linear(x, w) - torch._C._nn.mkldnn_linear(x_blocked, w_blocked, None).to_dense())
+    converted = rate(
+        lambda: torch._C._nn.mkldnn_linear(x.to_mkldnn(), w_blocked, None).to_dense(),
+        flops,
+        repeats,
+    )
+    difference = F.linear(x, w) - torch._C._nn.mkldnn_linear(x_blocked, w_blocked, None).to_dense()
     scale = F.linear(x, w).abs().max()
-    return {"mkl": mkl, "onednn": onednn, "onednn_converted": converted,
-            "rel_diff": float(difference.abs().max() / scale)}
+    return {
+        "mkl": mkl,
+        "onednn": onednn,
+        "onednn_converted": converted,
+        "rel_diff": float(difference.abs().max() / scale),
+    }
 
 
 def precision_routes(tokens: int, repeats: int) -> dict[str, str]:
@@ -68,20 +80,28 @@ def precision_routes(tokens: int, repeats: int) -> dict[str, str]:
             torch.backends.mkldnn.matmul.fp32_precision = precision
             exact = torch.equal(F.linear(x, w), reference)
             gflops = rate(lambda: F.linear(x, w), 2 * tokens * 768 * 3072, repeats)
-            routes[precision] = f"{gflops:.1f} GFLOP/s, {'bitwise MKL' if exact else 'different results'}"
+            routes[precision] = (
+                f"{gflops:.1f} GFLOP/s, {'bitwise MKL' if exact else 'different results'}"
+            )
     finally:
         torch.backends.mkldnn.matmul.fp32_precision = setting
     return routes
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokens", type=int, default=1024, help="rows: tokens in a training batch")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16 "
-          f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}, load {os.getloadavg()[0]:.2f}")
-    print("\n| GEMM (M x K x N) | MKL GFLOP/s | oneDNN blocked | oneDNN incl. conversions | blocked / MKL | converted / MKL | max rel. diff |")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16 "
+        f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}, load {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        "\n| GEMM (M x K x N) | MKL GFLOP/s | oneDNN blocked | oneDNN incl. conversions | blocked / MKL | converted / MKL | max rel. diff |"
+    )
     print("|---|---|---|---|---|---|---|")
     totals = {"mkl": 0.0, "onednn": 0.0, "onednn_converted": 0.0}
     t = args.tokens
@@ -91,11 +111,15 @@ def main() -> int:
             rates = gemm_rates(m, kk, nn_, args.repeats)
             for key in totals:
                 totals[key] += 2 * m * kk * nn_ / rates[key]  # seconds x 1e9
-            print(f"| {name} {label} ({m} x {kk} x {nn_}) | {rates['mkl']:.1f} | {rates['onednn']:.1f} | "
-                  f"{rates['onednn_converted']:.1f} | {rates['onednn'] / rates['mkl']:.2f}x | "
-                  f"{rates['onednn_converted'] / rates['mkl']:.2f}x | {rates['rel_diff']:.1e} |")
-    print(f"\nall GEMMs of one layer set, time ratio MKL / oneDNN: blocked {totals['mkl'] / totals['onednn']:.2f}x, "
-          f"with conversions {totals['mkl'] / totals['onednn_converted']:.2f}x")
+            print(
+                f"| {name} {label} ({m} x {kk} x {nn_}) | {rates['mkl']:.1f} | {rates['onednn']:.1f} | "
+                f"{rates['onednn_converted']:.1f} | {rates['onednn'] / rates['mkl']:.2f}x | "
+                f"{rates['onednn_converted'] / rates['mkl']:.2f}x | {rates['rel_diff']:.1e} |"
+            )
+    print(
+        f"\nall GEMMs of one layer set, time ratio MKL / oneDNN: blocked {totals['mkl'] / totals['onednn']:.2f}x, "
+        f"with conversions {totals['mkl'] / totals['onednn_converted']:.2f}x"
+    )
     print("\ntorch.backends.mkldnn.matmul.fp32_precision routes for F.linear (1024 x 768 x 3072):")
     for precision, result in precision_routes(args.tokens, args.repeats).items():
         print(f"  {precision}: {result}")

@@ -19,10 +19,14 @@ BATCH = 8
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokens", type=int, default=60, help="tokens per record")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
-    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops")
+    parser.add_argument(
+        "--profile", action="store_true", help="also print torch.profiler's top ops"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     config = GPTConfig.preset("gpt2-small")
@@ -48,9 +52,11 @@ def main() -> int:
     forward, backward, optim = (sum(t[i] for t in times) / len(times) for i in range(3))
     tokens = BATCH * args.tokens
     total = forward + backward + optim
-    print(f"{tokens} tokens/step: forward {forward:.3f} s, backward {backward:.3f} s, "
-          f"optimizer {optim:.3f} s; {tokens / total:.1f} tokens/s; forward+backward at "
-          f"{6 * parameters * tokens / (forward + backward) / 1e9:.1f} GFLOP/s")
+    print(
+        f"{tokens} tokens/step: forward {forward:.3f} s, backward {backward:.3f} s, "
+        f"optimizer {optim:.3f} s; {tokens / total:.1f} tokens/s; forward+backward at "
+        f"{6 * parameters * tokens / (forward + backward) / 1e9:.1f} GFLOP/s"
+    )
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

@@ -27,7 +27,9 @@ from book_reference import generate_book
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--book-records", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -50,20 +52,35 @@ def main() -> int:
     for record in test[: args.book_records]:
         prompt = style.prompt(record)
         idx = torch.tensor([tokenizer.encode(prompt)])
-        out = generate_book(model, idx, args.new_tokens, model.config.context_length, tokenizer.eos_id)
-        book_responses.append(extract_response(style, prompt, tokenizer.decode(out[0, idx.shape[1]:].tolist())))
+        out = generate_book(
+            model, idx, args.new_tokens, model.config.context_length, tokenizer.eos_id
+        )
+        book_responses.append(
+            extract_response(style, prompt, tokenizer.decode(out[0, idx.shape[1] :].tolist()))
+        )
     book_per_record = (time.perf_counter() - start) / args.book_records
 
     start = time.perf_counter()
-    ours = generate_responses(model, tokenizer, style, test, batch_size=args.batch_size,
-                              max_new_tokens=args.new_tokens, progress=False)
+    ours = generate_responses(
+        model,
+        tokenizer,
+        style,
+        test,
+        batch_size=args.batch_size,
+        max_new_tokens=args.new_tokens,
+        progress=False,
+    )
     ours_total = time.perf_counter() - start
 
     same = [r["model_response"] for r in ours[: args.book_records]] == book_responses
     book_total = book_per_record * len(test)
-    print(f"{len(test)} test records, {args.new_tokens} new tokens at most, gpt2-small random weights, "
-          f"{torch.get_num_threads()} threads, tokenizer {getattr(tokenizer, 'name', '?')}")
-    print(f"book loop: {book_per_record:.2f} s/record on {args.book_records} records -> {book_total:.0f} s for all")
+    print(
+        f"{len(test)} test records, {args.new_tokens} new tokens at most, gpt2-small random weights, "
+        f"{torch.get_num_threads()} threads, tokenizer {getattr(tokenizer, 'name', '?')}"
+    )
+    print(
+        f"book loop: {book_per_record:.2f} s/record on {args.book_records} records -> {book_total:.0f} s for all"
+    )
     print(f"instructkit generate_responses (batch {args.batch_size}): {ours_total:.1f} s for all")
     print(f"speed-up: {book_total / ours_total:.1f}x; same responses on the timed records: {same}")
     return 0

@@ -51,9 +51,20 @@ def test_packing_check_fails_when_attention_leaks():
 
 def test_inspect_check_packing_cli(example_records_path, small_tokenizer_dir):
     result = subprocess.run(
-        [sys.executable, "-m", "instructkit", "data", "inspect", str(example_records_path),
-         "--tokenizer", str(small_tokenizer_dir), "--check-packing"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "instructkit",
+            "data",
+            "inspect",
+            str(example_records_path),
+            "--tokenizer",
+            str(small_tokenizer_dir),
+            "--check-packing",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "packing self-test" in result.stdout and "passed" in result.stdout

@@ -63,6 +63,28 @@ def test_training_rejects_a_vocabulary_without_room_for_bytes():
         train_tokenizer(["abc"], 100)
 
 
+def test_word_pieces_spell_a_word_the_same_wherever_it_stands(tmp_path):
+    """The demo's tokenizer: a word copied from a list into an answer is the same tokens, and
+    digits and spaces are tokens of their own, whatever the merges learned."""
+    texts = [
+        "<|user|>\nWhat is the first word in this list: bread, tulip, 907\n<|assistant|>:\nbread"
+    ]
+    tokenizer = train_tokenizer(texts * 50, 320, word_pieces=True)
+    pieces = [tokenizer.decode([i]) for i in tokenizer.encode(texts[0])]
+    word = [tokenizer.decode([i]) for i in tokenizer.encode("tulip")]
+    assert len(word) == 1  # merged: BPE still learns the words it sees often
+    assert pieces.count("tulip") == 1 and pieces.count("bread") == 2
+    assert "<|user|>" in pieces and {"9", "0", "7"} <= set(pieces)
+    assert all(piece == " " or " " not in piece for piece in pieces)
+    tokenizer.save(tmp_path)
+    for spec in (tmp_path, tmp_path / "tokenizer.json"):
+        assert load_tokenizer(spec).encode(SAMPLE) == tokenizer.encode(SAMPLE)
+    assert tokenizer.decode(tokenizer.encode(SAMPLE)) == SAMPLE
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert hf(SAMPLE)["input_ids"] == tokenizer.encode(SAMPLE)
+
+
 def test_save_then_load_gives_the_same_ids(small_tokenizer, small_tokenizer_dir):
     names = {path.name for path in small_tokenizer_dir.iterdir()}
     assert {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"} <= names

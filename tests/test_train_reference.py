@@ -33,6 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_loss_plot")
 @pytest.fixture
 def no_loss_plot(monkeypatch):
     """loss.png takes matplotlib seconds per run and is tested in test_plots.py."""
+
     def skip(rows, path, **kwargs):
         return Path(path)
 

@@ -73,7 +73,7 @@ def summary_text(out_dir: Path, trained: dict, untrained: dict, facts: dict) -> 
     lines += [
         "",
         (
-            f"This {facts['parameters'] / 1e6:.1f}M-parameter GPT was trained from scratch, in "
+            f"This {facts['parameters'] / 1e6:.1f}M-parameter model was trained from scratch, in "
             f"{facts['elapsed_s'] / 60:.1f} minutes on the CPU, on the built-in toy tasks only:"
         ),
         "it shows the pipeline working, it is not a general instruction follower.",
@@ -101,7 +101,7 @@ def write_report(
     lines = [
         "# instructkit demo",
         "",
-        "A GPT trained **from scratch** on the built-in instruction dataset, with nothing",
+        "A small decoder trained **from scratch** on the built-in instruction dataset, with nothing",
         "downloaded: it shows the whole pipeline working (data, tokenizer, fine-tuning with",
         "prompt masking and packing, batched greedy generation, scoring). It is not a general",
         "instruction follower. To fine-tune a real GPT-2 where its weights can be downloaded:",
@@ -133,12 +133,28 @@ def write_report(
         "## Files",
         "",
         "`data.json` (the records), `tokenizer/`, `config.yaml`, `metrics.jsonl`, `loss.png`,",
-        "`checkpoints/`, `model/` (Hugging Face GPT-2 layout: `instructkit chat --model RUN`),",
+        f"`checkpoints/`, `model/` (Hugging Face {layout_name(facts['model_config'])} layout: "
+        "`instructkit chat --model RUN`),",
         "`responses.json` and `untrained_responses.json`, `scores.json` (per-record scores; the",
         "untrained model's under `untrained`).",
         "",
     ]
     write_atomic(path, "\n".join(lines))
+
+
+def architecture(config) -> str:
+    """What kind of decoder `config` builds, in words."""
+    if getattr(config, "family", None):
+        return f"{config.family}-style decoder (rotary positions, RMSNorm, SwiGLU)"
+    return "GPT-2-style decoder (learned positions, LayerNorm, GELU)"
+
+
+def layout_name(config) -> str:
+    """The Hugging Face checkpoint layout `save_pretrained` writes for `config`."""
+    from instructkit.model.decoder_config import FAMILIES
+
+    family = getattr(config, "family", None)
+    return FAMILIES[family][0].removesuffix("ForCausalLM") if family else "GPT-2"
 
 
 def what_was_run(facts: dict, num_families: int) -> list[str]:
@@ -165,10 +181,13 @@ def what_was_run(facts: dict, num_families: int) -> list[str]:
         ),
         (
             f"- Tokenizer: byte-level BPE with {facts['tokenizer_vocab']} tokens, trained on the "
-            "training split (`tokenizer/`)"
+            "training split"
+            + (" and merging only within runs of letters" if plan.word_pieces else "")
+            + " (`tokenizer/`)"
         ),
         (
-            f"- Model: `{plan.model}`, {facts['parameters']:,} parameters ({config.n_layers} layers, "
+            f"- Model: `{plan.model}`, {architecture(config)}, {facts['parameters']:,} parameters "
+            f"({config.n_layers} layers, "
             f"{config.n_heads} heads, width {config.emb_dim}, context {config.context_length}), "
             f"{STYLE} prompts"
         ),

@@ -24,6 +24,10 @@ EOS_TOKEN = "<|endoftext|>"
 GPT2_PATTERN = (
     r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 )
+# What BPE may merge within when trained with `word_pieces`: runs of letters, and chat
+# markers such as <|user|>; every other character (space, digit, punctuation) stays a token
+# of its own, so a word or a number is the same tokens wherever it stands.
+WORD_PIECES_PATTERN = r"<\|[a-z]+\|>|[^A-Za-z]"
 GPT2_HELP = (
     "the GPT-2 vocabulary could not be downloaded ({reason}); supply it locally: put "
     "tiktoken's cached files in a folder named by TIKTOKEN_CACHE_DIR, or pass "
@@ -251,8 +255,16 @@ def load_tokenizer(spec: str | Path) -> Tokenizer:
     raise ModelError(f"{path}: unknown tokenizer file type; expected .tiktoken or tokenizer.json")
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """Train a GPT-2-style byte-level BPE on `texts`, with `<|endoftext|>` as eos."""
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, *, word_pieces: bool = False
+) -> Tokenizer:
+    """Train a GPT-2-style byte-level BPE on `texts`, with `<|endoftext|>` as eos.
+
+    word_pieces: merge only within letter runs (`WORD_PIECES_PATTERN`) instead of GPT-2's
+    space-led words; a small model then copies a word from its prompt token for token
+    (GPT-2's pieces spell " cat" inside a list and "cat" at the start of an answer).
+    """
+    from tokenizers import Regex
     from tokenizers import Tokenizer as Backend
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -261,6 +273,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         raise ValueError(f"vocab_size must be at least {minimum} (256 bytes + end-of-text)")
     backend = Backend(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if word_pieces:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(WORD_PIECES_PATTERN), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -269,7 +288,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer=trainer)
-    return HFTokenizer(backend, name=f"trained-bpe-{vocab_size}")
+    kind = "word-pieces-bpe" if word_pieces else "trained-bpe"
+    return HFTokenizer(backend, name=f"{kind}-{vocab_size}")
 
 
 def _load_tiktoken_name(name: str) -> Tokenizer:

@@ -90,7 +90,9 @@ def check_splits(
     return SplitCheck(method, splits, find_duplicates(records, fields, threshold), leaks)
 
 
-def leakage_warning(train: list[dict], test: list[dict], val: list[dict], source: str) -> str | None:
+def leakage_warning(
+    train: list[dict], test: list[dict], val: list[dict], source: str
+) -> str | None:
     """The one line `finetune` prints when its test or validation split repeats training
     records (a score on them measures memory), or None when none does."""
     evaluation = {"test": [comparable(r) for r in test], "val": [comparable(r) for r in val]}

@@ -86,7 +86,7 @@ PRESETS: dict[str, GPTConfig] = {
     "gpt2-large": GPTConfig(GPT2_VOCAB_SIZE, 1024, 1280, 20, 36),  # 774M
     "gpt2-xl": GPTConfig(GPT2_VOCAB_SIZE, 1024, 1600, 25, 48),  # 1558M
     "tiny": GPTConfig(GPT2_VOCAB_SIZE, 128, 64, 2, 2),  # unit tests
-    # `instructkit demo`: 1.9M parameters with its 300-token BPE, ~0.2 s per 2,048-token
-    # step on two CPU cores (sizes compared in BENCHMARKS.md, "Demo").
+    # 1.9M parameters with a 300-token BPE, ~0.2 s per 2,048-token step on two CPU cores:
+    # `instructkit demo`'s model until it moved to "demo-llama"; bench/serve.py's small model.
     "demo": GPTConfig(GPT2_VOCAB_SIZE, 256, 192, 6, 4),
 }

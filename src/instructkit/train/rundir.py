@@ -114,9 +114,7 @@ def checkpoint_global_batch(checkpoint: Path) -> int | None:
     return position.get("global_batch") or None
 
 
-def claim_run_dir(
-    config: FinetuneConfig, overwrite: bool, fingerprint: dict | None = None
-) -> None:
+def claim_run_dir(config: FinetuneConfig, overwrite: bool, fingerprint: dict | None = None) -> None:
     """Make the run dir this run's: remove the old artifacts (with `overwrite`), save the
     config and the data's fingerprint (which `--resume` compares against)."""
     out = Path(config.out)
