@@ -133,8 +133,10 @@ def write_report(
         "## Files",
         "",
         "`data.json` (the records), `tokenizer/`, `config.yaml`, `metrics.jsonl`, `loss.png`,",
-        f"`checkpoints/`, `model/` (Hugging Face {layout_name(facts['model_config'])} layout: "
-        "`instructkit chat --model RUN`),",
+        (
+            f"`checkpoints/`, `model/` (Hugging Face {layout_name(facts['model_config'])} "
+            "layout: `instructkit chat --model RUN`),"
+        ),
         "`responses.json` and `untrained_responses.json`, `scores.json` (per-record scores; the",
         "untrained model's under `untrained`).",
         "",

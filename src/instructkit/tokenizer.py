@@ -264,9 +264,8 @@ def train_tokenizer(
     space-led words; a small model then copies a word from its prompt token for token
     (GPT-2's pieces spell " cat" inside a list and "cat" at the start of an answer).
     """
-    from tokenizers import Regex
+    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
     from tokenizers import Tokenizer as Backend
-    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     minimum = 256 + 1  # every byte plus end-of-text
     if vocab_size < minimum:
