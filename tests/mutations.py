@@ -397,6 +397,13 @@ MUTANTS = [
         'raise APIError(500, f"the request body is not valid JSON: {error}") from None',
         "tests/test_serve.py::test_malformed_json_and_unknown_routes",
     ),
+    mutant(
+        "word pieces: GPT-2 pre-tokenization kept",
+        "tokenizer.py",
+        "    if word_pieces:\n",
+        "    if False:\n",
+        "tests/test_tokenizer.py::test_word_pieces_spell_a_word_the_same_wherever_it_stands",
+    ),
 ]
 
 
