@@ -268,6 +268,13 @@ MUTANTS = [
         "tests/test_cli_data.py",
     ),
     mutant(
+        "the built-in data trains every family equally (Family.train_records ignored)",
+        "data/builtin.py",
+        "for key in _train_keys(train_pool, rng, family.train_records):",
+        "for key in _train_keys(train_pool, rng, TRAIN_PER_FAMILY):",
+        "tests/test_builtin.py",
+    ),
+    mutant(
         "loss.png's tokens axis is a twin y-axis",
         "plots.py",
         "tokens_axis = axis.twiny()",

@@ -57,10 +57,13 @@ def test_size_families_and_split_sizes(splits, records):
     assert min(families.values()) >= 100
     n_families = len(FAMILY_NAMES)
     assert (len(train), len(test), len(val)) == (
-        builtin.TRAIN_PER_FAMILY * n_families,
+        sum(family.train_records for family in builtin.FAMILIES),
         builtin.TEST_PER_FAMILY * n_families,
         builtin.VAL_PER_FAMILY * n_families,
     )
+    trained = Counter(record["family"] for record in train)
+    assert trained == {family.name: family.train_records for family in builtin.FAMILIES}
+    assert trained["compare"] > trained["count"]  # the slow skills get the training steps
     for name, part in zip(("train", "test", "val"), splits):
         assert {record["split"] for record in part} == {name}
     for split in splits:

@@ -5,8 +5,8 @@ shows the system working end to end on what code can make: it writes the built-i
 instruction dataset (`instructkit.data.builtin`) into the run directory, trains a small
 byte-level BPE tokenizer on its training split (merging only within letter runs, so a word
 is the same tokens in a list and in an answer), builds a Llama-style decoder from the
-`demo-llama` preset (rotary positions: it learns to copy and point far sooner than the
-book's GPT with learned positions, measured in BENCHMARKS.md),
+`demo-llama` preset (rotary positions and six layers: it learns to point and copy far
+sooner than the book's GPT with learned positions or four layers, measured in BENCHMARKS.md),
 fine-tunes it with the same `finetune` code path as `instructkit finetune` (prompt
 masking and packing on), generates responses for the held-out test split with the same
 `generate_responses` path as `instructkit generate` (batched, greedy), and scores them
@@ -71,9 +71,9 @@ class DemoPlan:
 
 
 # Sized for a CPU without fast bf16 (measured on an AMD EPYC Zen 3, AVX2, 2 cores): 1,700
-# steps (~6 epochs of the 17,600 training records) and the whole run in under 7 minutes on
+# steps (~5 epochs of the 20,800 training records) and the whole run in about 7 minutes on
 # the idle machine. Designs compared on the validation split and the 3-seed test scores:
-# BENCHMARKS.md ("Demo, session 5").
+# BENCHMARKS.md ("Demo, session 6").
 FULL = DemoPlan(
     model="random:demo-llama",
     vocab_size=512,

@@ -149,8 +149,9 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
                                   rope_theta=1_000_000.0, qkv_bias=True, tie_embeddings=True),
     "qwen3-0.6b": DecoderConfig("qwen3", QWEN_VOCAB, 40_960, 1024, 3072, 16, 8, 28, head_dim=128,
                                 rope_theta=1_000_000.0, qk_norm=True, tie_embeddings=True),
-    # `instructkit demo`: the "demo" GPT's width, depth and MLP cost with rotary positions.
-    "demo-llama": DecoderConfig("llama", 512, 256, 192, 512, 6, 6, 4, tie_embeddings=True),
+    # `instructkit demo`: the "demo" GPT's width and parameters with rotary positions, spent
+    # on six layers with a narrow MLP (copying needs attention layers more than MLP width).
+    "demo-llama": DecoderConfig("llama", 512, 256, 192, 256, 6, 6, 6, tie_embeddings=True),
     # Unit-test sizes, each exercising its family's switches.
     "tiny-llama": DecoderConfig("llama", 512, 256, 64, 128, 4, 2, 2, rope_theta=500_000.0,
                                 rope_scaling=RopeScaling(8.0, 1.0, 4.0, 64), norm_eps=1e-5),
