@@ -6,6 +6,7 @@ appended to the log (design name, plan, per-family exact match, best baseline, w
 load average), so the designs compared can be counted afterwards.
 
     python bench/demo_designs.py NAME [--steps N] [--lr LR] [--seed S] [--log FILE]
+        [--layers L --mlp-width W] [--train-records FAMILY=N ...]
 """
 
 from __future__ import annotations
@@ -18,6 +19,29 @@ import time
 from pathlib import Path
 
 from instructkit import demo
+from instructkit.data import builtin
+from instructkit.model.decoder_config import DECODER_PRESETS
+
+
+def train_records(spec: str) -> tuple[str, int]:
+    """FAMILY=N, e.g. compare=4800."""
+    name, _, count = spec.partition("=")
+    if name not in builtin.FAMILY_NAMES or not count.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{spec!r}: expected FAMILY=N, FAMILY one of {builtin.FAMILY_NAMES}"
+        )
+    return name, int(count)
+
+
+def reshaped_model(model: str, layers: int | None, mlp_width: int | None) -> str:
+    """A random:PRESET spec, registered as "design" when its depth or MLP width is changed."""
+    if layers is None and mlp_width is None:
+        return model
+    base = DECODER_PRESETS[model.removeprefix("random:")]
+    DECODER_PRESETS["design"] = dataclasses.replace(
+        base, n_layers=layers or base.n_layers, hidden_dim=mlp_width or base.hidden_dim
+    )
+    return "random:design"
 
 
 def main() -> None:
@@ -33,14 +57,29 @@ def main() -> None:
     )
     parser.add_argument("--row-length", type=int, default=demo.FULL.row_length)
     parser.add_argument("--warmup-steps", type=int, default=demo.FULL.warmup_steps)
+    parser.add_argument("--layers", type=int, help="the preset's depth, changed")
+    parser.add_argument("--mlp-width", type=int, help="the preset's MLP width, changed")
+    parser.add_argument(
+        "--train-records",
+        type=train_records,
+        action="append",
+        default=[],
+        metavar="FAMILY=N",
+        help="training records of one family (default: Family.train_records)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log", type=Path, default=Path("runs/demo_designs.jsonl"))
     args = parser.parse_args()
+    counts = dict(args.train_records)
+    builtin.FAMILIES = tuple(
+        dataclasses.replace(f, train_records=counts.get(f.name, f.train_records))
+        for f in builtin.FAMILIES
+    )
     plan = dataclasses.replace(
         demo.FULL,
         max_steps=args.steps,
         lr=args.lr,
-        model=args.model,
+        model=reshaped_model(args.model, args.layers, args.mlp_width),
         batch_size=args.batch_size,
         vocab_size=args.vocab_size,
         word_pieces=args.word_pieces,
@@ -61,6 +100,7 @@ def main() -> None:
     row = {
         "design": args.name,
         "plan": dataclasses.asdict(plan),
+        "train_records": {f.name: f.train_records for f in builtin.FAMILIES},
         "seed": args.seed,
         "split": "val",
         "exact_match": result.trained["exact_match"],

@@ -70,10 +70,10 @@ class DemoPlan:
     """Whether the BPE merges only within letter runs (`train_tokenizer(word_pieces=True)`)."""
 
 
-# Sized for a CPU without fast bf16 (measured on an AMD EPYC Zen 3, AVX2, 2 cores): 1,700
-# steps (~5 epochs of the 20,800 training records) and the whole run in about 7 minutes on
-# the idle machine. Designs compared on the validation split and the 3-seed test scores:
-# BENCHMARKS.md ("Demo, session 6").
+# Sized for a CPU without fast bf16 (measured on an AMD EPYC Zen 3, AVX2, 2 cores): 1,300
+# steps (~3.8 epochs of the 20,800 training records) and the whole run in 7.5-8 minutes on
+# the idle machine (1,700 steps score higher but took 9-10). Designs compared on the
+# validation split and the 3-seed test scores: BENCHMARKS.md ("Demo, session 6").
 FULL = DemoPlan(
     model="random:demo-llama",
     vocab_size=512,
@@ -82,14 +82,14 @@ FULL = DemoPlan(
     row_length=128,
     lr=2e-3,
     warmup_steps=20,
-    max_steps=1700,
+    max_steps=1300,
     eval_every=200,
     word_pieces=True,
 )
 # Where the CPU multiplies bf16 natively (AVX-512 BF16, AMX), a step took about 0.58 of the
 # fp32 one (measured on an AVX-512 EPYC with the earlier GPT demo model): the same minutes
 # buy 1.7x the steps. Not measured on this plan (no CPU with native bf16 was at hand).
-FULL_BF16 = dataclasses.replace(FULL, precision="bf16", max_steps=2900)
+FULL_BF16 = dataclasses.replace(FULL, precision="bf16", max_steps=2200)
 QUICK = DemoPlan(
     model="random:tiny-llama",
     vocab_size=300,
