@@ -245,6 +245,16 @@ def test_plan_follows_precision(monkeypatch):
         demo.choose_plan(False, "fp16")
 
 
+def test_help_names_the_plans_steps(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"fp32 ({demo.FULL.max_steps:,} steps)" in text
+    assert f"bf16 ({demo.FULL_BF16.max_steps:,} steps)" in text
+    assert demo.FULL.model.removeprefix("random:") in text
+
+
 @pytest.mark.skipif(
     not loading.cpu_has_native_bf16(),
     reason="this CPU has no native bf16 (oneDNN emulates it, ~30x slower than fp32: "

@@ -35,7 +35,8 @@ from instructkit.train import DivergedError, finetune
 from instructkit.train.distributed import Dist
 from instructkit.train.metrics import read_metrics
 from instructkit.train.schedule import lr_factor
-from instructkit.train.steps import LossModule, accumulate_gradients
+from instructkit.train import loop
+from instructkit.train.steps import LossModule, accumulate_gradients, evaluate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -139,6 +140,31 @@ def test_accumulated_micro_batches_equal_one_big_batch(records, tokenizer, mask_
 
 
 # ---- a run through the library entry ----------------------------------------------------
+
+
+def test_initial_losses_read_as_many_training_batches_as_the_validation_split_has(
+    records, tokenizer, tmp_path, monkeypatch
+):
+    """An `eval_batches` beyond the validation split (the demo asks for all of it) must not
+    turn the step-0 training loss into a long pass over the much larger training split."""
+    drawn: list[int] = []
+
+    def counting_evaluate(objective, loader, num_batches, *args, **kwargs):
+        def counted():
+            for batch in loader:
+                drawn[-1] += 1
+                yield batch
+
+        drawn.append(0)
+        return evaluate(objective, counted(), num_batches, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", counting_evaluate)
+    config = tiny_config(tmp_path / "run", max_steps=1, eval_every=0, eval_batches=1000)
+    finetune(config, records=records, tokenizer=tokenizer, progress=False)
+    train_batches, val_batches = drawn[:2]
+    assert 1 <= val_batches < 10  # the whole (small) validation split
+    assert train_batches == val_batches
+
 
 
 def test_finetune_learns_and_logs(records, tokenizer, tmp_path, capsys):

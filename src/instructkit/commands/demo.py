@@ -1,4 +1,4 @@
-"""`instructkit demo`: the whole pipeline offline, on the built-in data and a small GPT.
+"""`instructkit demo`: the whole pipeline offline, on the built-in data and a small model.
 
 A thin wrapper over `instructkit.demo.run_demo`: it parses the flags, runs the demo and
 prints the summary the library returns.
@@ -12,15 +12,18 @@ from pathlib import Path
 
 from instructkit.commands import HelpFormatter
 from instructkit.config import PRECISIONS
+from instructkit.demo import FULL, FULL_BF16
 
-DESCRIPTION = """\
+# The step counts come from the plans themselves, so the help cannot fall behind them.
+DESCRIPTION = f"""\
 Run the whole instruction fine-tuning pipeline offline, with nothing to download.
 
 Writes the built-in instruction dataset, trains a small byte-level BPE tokenizer on
-its training split, fine-tunes a small GPT from scratch (the `demo` preset; bf16
-autocast and 4,000 steps where the CPU multiplies bf16 natively, else fp32 and 800)
-with the real finetune code path, generates responses for the held-out test split, and scores
-them (exact match, ROUGE-L, per task family) against the untrained model. Writes the
+its training split, fine-tunes a small Llama-style model from scratch (the
+`{FULL.model.removeprefix("random:")}` preset; bf16 autocast and {FULL_BF16.max_steps:,} steps where the CPU
+multiplies bf16 natively, else fp32 and {FULL.max_steps:,}) with the real finetune code path,
+generates responses for the held-out test split, and scores them (exact match,
+ROUGE-L, per task family) against the untrained model and trivial baselines. Writes the
 run directory (config.yaml, metrics.jsonl, loss.png, checkpoints/, model/,
 responses.json, scores.json) and report.md into --out.
 
@@ -57,8 +60,8 @@ def register(subparsers) -> None:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="training precision; auto is bf16 (4,000 steps) where the CPU multiplies bf16 "
-        "natively, else fp32 (800 steps)",
+        help=f"training precision; auto is bf16 ({FULL_BF16.max_steps:,} steps) where the CPU "
+        f"multiplies bf16 natively, else fp32 ({FULL.max_steps:,} steps)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
