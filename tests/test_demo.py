@@ -3,6 +3,7 @@ it writes, the trained model beating the untrained one, reruns (same numbers, ne
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -226,23 +227,25 @@ def test_summary_is_printed(tmp_path, capsys, monkeypatch):
         "overwrite": True,
         "seed": 3,
         "progress": True,
-        "precision": "auto",
+        "precision": "fp32",
     }
 
 
-def test_plan_follows_precision(monkeypatch):
-
-    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
-    assert demo.choose_plan(False, "auto") == demo.FULL_BF16
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_one_measured_plan_on_every_cpu(monkeypatch, native_bf16):
+    """The CPU never changes what the demo trains: the default is the fp32 plan whose scores
+    were measured, and bf16 only changes the arithmetic of the same steps."""
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: native_bf16)
+    assert demo.FULL.precision == "fp32" and demo.QUICK.precision == "fp32"
     assert demo.choose_plan(False, "fp32") == demo.FULL
-    assert demo.choose_plan(True, "auto") == demo.QUICK  # quick stays fp32 unless asked
+    assert demo.choose_plan(True, "fp32") == demo.QUICK
+    bf16 = demo.choose_plan(False, "bf16")
+    assert bf16.precision == "bf16" and bf16.max_steps == demo.FULL.max_steps
+    assert dataclasses.replace(bf16, precision="fp32") == demo.FULL
     assert demo.choose_plan(True, "bf16").precision == "bf16"
-    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)
-    assert demo.choose_plan(False, "auto") == demo.FULL
-    assert demo.choose_plan(False, "bf16") == demo.FULL_BF16
-    assert demo.FULL_BF16.max_steps > demo.FULL.max_steps
-    with pytest.raises(UserError, match="precision"):
-        demo.choose_plan(False, "fp16")
+    for unknown in ("auto", "fp16"):
+        with pytest.raises(UserError, match="precision"):
+            demo.choose_plan(False, unknown)
 
 
 def test_help_names_the_plans_steps(capsys):
@@ -250,8 +253,8 @@ def test_help_names_the_plans_steps(capsys):
         cli.main(["demo", "--help"])
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert f"fp32 ({demo.FULL.max_steps:,} steps)" in text
-    assert f"bf16 ({demo.FULL_BF16.max_steps:,} steps)" in text
+    assert f"{demo.FULL.max_steps:,} steps in fp32 on every CPU" in text
+    assert "{fp32,bf16}" in text and "(default: fp32)" in text
     assert demo.FULL.model.removeprefix("random:") in text
 
 
@@ -282,6 +285,9 @@ def test_quick_demo_in_bf16_trains_and_records_it(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "precision: bf16" in (tmp_path / "demo" / "config.yaml").read_text()
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "`instructkit demo --quick --precision bf16`" in report  # the command to rerun it
+    assert "bf16 autocast" in report
     scores = read_json(tmp_path / "demo" / "scores.json")
     assert scores["metrics"]["rouge_l"] > scores["untrained"]["metrics"]["rouge_l"]
 

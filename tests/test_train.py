@@ -31,11 +31,10 @@ from instructkit.data import (
 from instructkit.errors import UserError
 from instructkit.model import GPTConfig, GPTModel
 from instructkit.tokenizer import train_tokenizer
-from instructkit.train import DivergedError, finetune
+from instructkit.train import DivergedError, finetune, loop
 from instructkit.train.distributed import Dist
 from instructkit.train.metrics import read_metrics
 from instructkit.train.schedule import lr_factor
-from instructkit.train import loop
 from instructkit.train.steps import LossModule, accumulate_gradients, evaluate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -164,7 +163,6 @@ def test_initial_losses_read_as_many_training_batches_as_the_validation_split_ha
     train_batches, val_batches = drawn[:2]
     assert 1 <= val_batches < 10  # the whole (small) validation split
     assert train_batches == val_batches
-
 
 
 def test_finetune_learns_and_logs(records, tokenizer, tmp_path, capsys):

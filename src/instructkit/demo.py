@@ -40,6 +40,7 @@ REAL_GPT2_COMMAND = "instructkit finetune --model gpt2-medium --data your.json -
 # Files the demo writes besides the run artifacts that `finetune` manages.
 DEMO_ARTIFACTS = ("data.json", "tokenizer", "untrained_responses.json")
 MAX_NEW_TOKENS_MARGIN = 8  # beyond the longest training answer, so a long answer is never cut
+DEMO_PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,11 @@ class DemoPlan:
     """Whether the BPE merges only within letter runs (`train_tokenizer(word_pieces=True)`)."""
 
 
-# Sized for a CPU without fast bf16 (measured on an AMD EPYC Zen 3, AVX2, 2 cores): 1,300
-# steps (~3.8 epochs of the 20,800 training records) and the whole run in 7.5-8 minutes on
-# the idle machine (1,700 steps score higher but took 9-10). Designs compared on the
-# validation split and the 3-seed test scores: BENCHMARKS.md ("Demo, session 6").
+# One plan on every CPU, the one whose scores were measured (a bf16 plan chosen by the CPU
+# never was: no machine with native bf16 was at hand). Sized on an AMD EPYC Zen 3 (AVX2,
+# 2 cores): 1,300 steps (~3.8 epochs of the 20,800 training records), the whole run in
+# 7.5-8 minutes on the idle machine (1,700 steps score higher but took 9-10). Designs
+# compared on the validation split and the 3-seed test scores: BENCHMARKS.md ("Demo").
 FULL = DemoPlan(
     model="random:demo-llama",
     vocab_size=512,
@@ -86,10 +88,6 @@ FULL = DemoPlan(
     eval_every=200,
     word_pieces=True,
 )
-# Where the CPU multiplies bf16 natively (AVX-512 BF16, AMX), a step took about 0.58 of the
-# fp32 one (measured on an AVX-512 EPYC with the earlier GPT demo model): the same minutes
-# buy 1.7x the steps. Not measured on this plan (no CPU with native bf16 was at hand).
-FULL_BF16 = dataclasses.replace(FULL, precision="bf16", max_steps=2200)
 QUICK = DemoPlan(
     model="random:tiny-llama",
     vocab_size=300,
@@ -158,13 +156,13 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     plan: DemoPlan | None = None,
-    precision: str = "auto",
+    precision: str = "fp32",
     held_out: str = "test",
 ) -> DemoResult:
     """Run the whole pipeline into a fresh run directory (or `out` itself with `overwrite`).
 
-    precision: "auto" (bf16 where the CPU multiplies it natively, else fp32), "fp32" or
-    "bf16"; the full demo's steps follow it (FULL or FULL_BF16). held_out: the split scored,
+    precision: "fp32" (the measured plan) or "bf16" (the same plan under bf16 autocast:
+    faster where the CPU multiplies bf16 natively, its scores not measured). held_out: the split scored,
     "test", or "val" to compare designs without looking at the test split
     (`bench/demo_designs.py`).
     """
@@ -351,18 +349,10 @@ def score(data: DemoData, untrained: dict) -> dict:
 
 
 def choose_plan(quick: bool, precision: str) -> DemoPlan:
-    """The plan for `--quick` and `--precision` (auto|fp32|bf16)."""
-    from instructkit import loading
-    from instructkit.config import PRECISIONS
-
-    if precision not in PRECISIONS:
-        raise UserError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
-    bf16 = precision == "bf16" or (
-        precision == "auto" and not quick and loading.cpu_has_native_bf16()
-    )
-    if quick:
-        return dataclasses.replace(QUICK, precision="bf16") if bf16 else QUICK
-    return FULL_BF16 if bf16 else FULL
+    """The plan for `--quick` and `--precision` (fp32|bf16): the same steps either way."""
+    if precision not in DEMO_PRECISIONS:
+        raise UserError(f"precision: {precision!r} is not one of {', '.join(DEMO_PRECISIONS)}")
+    return dataclasses.replace(QUICK if quick else FULL, precision=precision)
 
 
 def claim_run_dir(out: Path, overwrite: bool) -> Path:

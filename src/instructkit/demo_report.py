@@ -15,8 +15,8 @@ from instructkit.files import write_atomic
 EXAMPLES_IN_REPORT = 1  # responses shown per family
 PRECISION_TEXT = {
     "fp32": "fp32",
-    "bf16": "bf16 autocast (this CPU multiplies bf16 natively; elsewhere the demo runs fp32 "
-    "and fewer steps)",
+    "bf16": "bf16 autocast (`--precision bf16`: the fp32 plan's steps; its scores were "
+    "measured in fp32 only)",
 }
 
 
@@ -169,6 +169,7 @@ def what_was_run(facts: dict, num_families: int) -> list[str]:
         "instructkit demo"
         + (" --quick" if facts["quick"] else "")
         + (f" --seed {facts['seed']}" if facts["seed"] else "")
+        + (" --precision bf16" if plan.precision == "bf16" else "")
     )
     return [
         (
