@@ -74,7 +74,7 @@ class DemoPlan:
 # One plan on every CPU, the one whose scores were measured (a bf16 plan chosen by the CPU
 # never was: no machine with native bf16 was at hand). Sized on an AMD EPYC Zen 3 (AVX2,
 # 2 cores): 1,300 steps (~3.8 epochs of the 20,800 training records), the whole run in
-# 7.5-8 minutes on the idle machine (1,700 steps score higher but took 9-10). Designs
+# 6.8-7 minutes on the idle machine (1,700 steps score higher; estimated 8.5-9 minutes). Designs
 # compared on the validation split and the 3-seed test scores: BENCHMARKS.md ("Demo").
 FULL = DemoPlan(
     model="random:demo-llama",
