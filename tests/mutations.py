@@ -411,6 +411,44 @@ MUTANTS = [
         "    if False:\n",
         "tests/test_tokenizer.py::test_word_pieces_spell_a_word_the_same_wherever_it_stands",
     ),
+    # ---- session 7: the demo's time ----------------------------------------------------
+    mutant(
+        "step-0 training loss reads eval_batches of the training split",
+        "train/loop.py",
+        "batches = max(1, min(run.config.eval_batches, len(run.val_loader)))",
+        "batches = run.config.eval_batches",
+        "tests/test_train.py::test_initial_losses_read_as_many_training_batches_as_the_validation_split_has",
+    ),
+    mutant(
+        "demo threads wait passively on idle cores too",
+        "host.py",
+        "if busy is None or busy >= BUSY_CORES:",
+        "if True:",
+        "tests/test_host.py",
+    ),
+    mutant(
+        "demo threads spin when another process holds a core",
+        "host.py",
+        "if busy is None or busy >= BUSY_CORES:",
+        "if busy is None:",
+        "tests/test_host.py",
+    ),
+    mutant(
+        "busy cores count iowait as work",
+        "host.py",
+        "idle = delta[3] + delta[4]",
+        "idle = delta[3]",
+        "tests/test_host.py",
+    ),
+    mutant(
+        "demo --precision bf16 trains more steps than the measured plan",
+        "demo.py",
+        "return dataclasses.replace(QUICK if quick else FULL, precision=precision)",
+        "plan = QUICK if quick else FULL\n"
+        "    steps = plan.max_steps * (2 if precision == 'bf16' else 1)\n"
+        "    return dataclasses.replace(plan, precision=precision, max_steps=steps)",
+        "tests/test_demo.py::test_one_measured_plan_on_every_cpu",
+    ),
 ]
 
 
