@@ -74,8 +74,8 @@ class DemoPlan:
 # One plan on every CPU, the one whose scores were measured (a bf16 plan chosen by the CPU
 # never was: no machine with native bf16 was at hand). Sized on an AMD EPYC Zen 3 (AVX2,
 # 2 cores): 1,300 steps (~3.8 epochs of the 20,800 training records), the whole run in
-# 6.8-7 minutes on the idle machine (1,700 steps score higher; estimated 8.5-9 minutes). Designs
-# compared on the validation split and the 3-seed test scores: BENCHMARKS.md ("Demo").
+# 6.8-7 minutes on the idle machine (1,700 steps score higher; estimated 8.5-9 minutes).
+# Designs compared on the validation split, 3-seed test scores: BENCHMARKS.md ("Demo").
 FULL = DemoPlan(
     model="random:demo-llama",
     vocab_size=512,
@@ -162,8 +162,8 @@ def run_demo(
     """Run the whole pipeline into a fresh run directory (or `out` itself with `overwrite`).
 
     precision: "fp32" (the measured plan) or "bf16" (the same plan under bf16 autocast:
-    faster where the CPU multiplies bf16 natively, its scores not measured). held_out: the split scored,
-    "test", or "val" to compare designs without looking at the test split
+    faster where the CPU multiplies bf16 natively, its scores not measured).
+    held_out: the split scored, "test", or "val" to compare designs without looking at the test split
     (`bench/demo_designs.py`).
     """
     from instructkit.demo_report import summary_text, write_report

@@ -3,8 +3,8 @@
 PyTorch's OpenMP threads spin between parallel regions. On idle cores that is the fastest
 way to wait (the demo's training step ~18% faster than with passive waiting); when another
 process uses one of the cores, a spinning thread takes the time slices that the thread it
-waits for needs, and training slows 2x (the demo's model) to 15x (a tiny one) against
-waiting passively. Measurements: BENCHMARKS.md ("Threads").
+waits for needs, and training is 1.9x (the demo's model) to 15x (a tiny one) slower than
+with passive waiting. Measured in BENCHMARKS.md ("Demo, session 7"; `bench/thread_wait.py`).
 """
 
 from __future__ import annotations

@@ -431,7 +431,7 @@ def measure_initial_losses(run: Run) -> None:
     """The book's first printout, and metrics.jsonl's step 0 row: both losses over the same
     number of batches. A small validation split caps it; otherwise `eval_batches` larger
     than that split (the demo asks for all of it) would cost as many forward passes over
-    the far larger training split, for one number (a minute of the demo's eight)."""
+    the far larger training split, for one number (34-43 s of every demo run)."""
     batches = max(1, min(run.config.eval_batches, len(run.val_loader)))
     run.initial_train_loss = run_evaluate(run, run.train_loader, batches)
     stats = objective_stats(run, training=False, prefix="")
