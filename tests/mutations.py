@@ -449,6 +449,13 @@ MUTANTS = [
         "    return dataclasses.replace(plan, precision=precision, max_steps=steps)",
         "tests/test_demo.py::test_one_measured_plan_on_every_cpu",
     ),
+    mutant(
+        "report.md keeps the untrained model's control characters",
+        "demo_report.py",
+        'text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)',
+        "",
+        "tests/test_demo.py::test_report_cells_escape_control_characters",
+    ),
 ]
 
 

@@ -289,8 +289,11 @@ def torch_threads() -> int:
 
 
 def _cell(text: str, limit: int = 60) -> str:
-    """Text fit for one Markdown table cell: one line, pipes escaped, long text cut."""
+    """Text fit for one Markdown table cell: one line, pipes escaped, long text cut, and
+    control characters (an untrained model's byte tokens decode to NULs and the like) shown
+    as escapes, so report.md stays text."""
     text = " ".join(text.split())
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text.replace("|", "\\|") or "(empty)"
