@@ -15,8 +15,8 @@ from instructkit.files import write_atomic
 EXAMPLES_IN_REPORT = 1  # responses shown per family
 PRECISION_TEXT = {
     "fp32": "fp32",
-    "bf16": "bf16 autocast (`--precision bf16`: the fp32 plan's steps; its scores were "
-    "measured in fp32 only)",
+    "bf16": "bf16 autocast (`--precision bf16`: the same steps as fp32; the demo's scores in "
+    "BENCHMARKS.md were measured in fp32)",
 }
 
 
